@@ -1,0 +1,267 @@
+"""AbstractBroker: the contract every broker keeps. Its docstrings are the specification.
+
+A broker stores tasks and makes every state change atomic. Delivery is at-least-once:
+
+* `dequeue_many` moves due tasks from ready to in-flight in one step, counts an attempt
+  and grants each a lease (a deadline) with a fencing token that grows with every lease.
+* The holder reports the outcome with `mark_complete`, `mark_failed`, `mark_cancelled` or
+  `release`, presenting the token; a holder whose token is stale is refused (the call
+  returns False and the broker logs a warning). Reporting the same outcome twice is
+  harmless.
+* The holder keeps its leases alive with `renew`. A lease that runs out (its worker was
+  killed or stalled) is recovered by the broker: the task is ready again, or FAILED when
+  it has used all its attempts, or CANCELLED when a cancel was requested meanwhile.
+* Among due tasks the lowest `priority` number is handed out first, FIFO within a
+  priority; a delayed task never blocks a due one.
+
+Tasks returned by a broker are snapshots: changing them changes nothing stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from ..errors import TaskNotFoundError, TaskStateError
+from ..models import Task, TaskError, TaskStatus
+
+__all__ = ["AbstractBroker", "RenewResult"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RenewResult:
+    """What `renew` found: leases extended, leases no longer held, cancels requested.
+
+    `lost` holds the ids whose lease this holder no longer owns (expired and recovered,
+    finished, or leased again to someone else): the holder must stop reporting on them.
+    `cancel_requested` holds ids, still leased to this holder, that someone asked to
+    cancel: the holder should stop running them and call `mark_cancelled`.
+    """
+
+    renewed: frozenset[str] = field(default_factory=frozenset)
+    lost: frozenset[str] = field(default_factory=frozenset)
+    cancel_requested: frozenset[str] = field(default_factory=frozenset)
+
+
+class AbstractBroker(ABC):
+    """Storage and atomic state changes of tasks, shared by producers and workers.
+
+    `lease_seconds` is how long a lease lasts without renewal; workers renew every third
+    of it.
+    """
+
+    lease_seconds: float = 30.0
+
+    # ----------------------------------------------------------------- producing
+
+    @abstractmethod
+    async def enqueue(self, task: Task) -> Task:
+        """Store `task` as PENDING, due at `task.scheduled_at`, and return the stored copy.
+
+        Idempotent on `task.id`: when a task with that id already exists, nothing changes
+        and the existing task is returned, so a producer may safely retry after a timeout.
+        Raises `PayloadError` (a `TypeError`) naming the field when the payload or
+        metadata cannot be stored as JSON; nothing is stored then.
+        """
+
+    async def enqueue_many(self, tasks: Sequence[Task]) -> list[Task]:
+        """Enqueue several tasks; same rules as `enqueue`, one result per input task.
+
+        Every task is checked before any is stored, so an encoding error stores nothing.
+        """
+        return [await self.enqueue(task) for task in tasks]
+
+    # ----------------------------------------------------------------- consuming
+
+    @abstractmethod
+    async def dequeue_many(
+        self,
+        max_tasks: int,
+        timeout: float | None = 0.0,
+        *,
+        worker_id: str | None = None,
+    ) -> list[Task]:
+        """Lease up to `max_tasks` due tasks, best first, and return them PROCESSING.
+
+        Each returned task has `attempts` counted, a lease of `lease_seconds` and a new
+        `token`. When none is due, wait up to `timeout` seconds (None: until one is) for
+        an enqueue or for a delayed task to come due, without polling; return an empty
+        list when the wait ends with nothing. Due delayed tasks are promoted and expired
+        leases recovered as part of the call. Cancelling the call leases nothing.
+        """
+
+    async def dequeue(
+        self, timeout: float | None = 0.0, *, worker_id: str | None = None
+    ) -> Task | None:
+        """Lease the next due task (see `dequeue_many`), or None if none came in time."""
+        tasks = await self.dequeue_many(1, timeout, worker_id=worker_id)
+        return tasks[0] if tasks else None
+
+    @abstractmethod
+    async def renew(self, leases: Mapping[str, int]) -> RenewResult:
+        """Extend the leases `{task_id: token}` held by one holder, all in one call."""
+
+    @abstractmethod
+    async def mark_complete(
+        self, task_id: str, result: Any = None, *, token: int | None = None
+    ) -> bool:
+        """Record success with `result` (JSON) and end the lease.
+
+        With `token`, only the current holder may do this: a stale token is refused and
+        False returned. Without a token the call is an administrative override for any
+        task not yet final. Returns True when the task is (now) COMPLETED by this holder,
+        including a repeated call. Raises `PayloadError` when `result` cannot be stored
+        as JSON; the task is left as it was then.
+        """
+
+    @abstractmethod
+    async def mark_failed(
+        self,
+        task_id: str,
+        error: TaskError | BaseException | str,
+        *,
+        token: int | None = None,
+        retry_in: float | None = None,
+    ) -> bool:
+        """Record a failed attempt.
+
+        With `retry_in` and attempts left (`attempts < max_retries + 1`), the task is
+        PENDING again and due after `retry_in` seconds; otherwise it is FAILED for good
+        and kept as a dead letter for the retention period. Token rules and the return
+        value are as for `mark_complete`.
+        """
+
+    @abstractmethod
+    async def mark_cancelled(
+        self, task_id: str, *, token: int | None = None, reason: str | None = None
+    ) -> bool:
+        """Record that the holder stopped a running task because a cancel was requested."""
+
+    @abstractmethod
+    async def release(self, task_id: str, *, token: int) -> bool:
+        """Hand a leased task back: ready again at once, the attempt not counted.
+
+        Used at shutdown for tasks that were not allowed to finish. A cancel requested
+        meanwhile makes the task CANCELLED instead.
+        """
+
+    @abstractmethod
+    async def set_progress(
+        self, task_id: str, progress: float, *, token: int | None = None
+    ) -> bool:
+        """Store the running task's progress (0.0 to 1.0) so any reader sees it."""
+
+    # ----------------------------------------------------------------- control
+
+    @abstractmethod
+    async def cancel(self, task_id: str, reason: str | None = None) -> bool:
+        """Cancel a task that is not final.
+
+        A PENDING task becomes CANCELLED at once. A PROCESSING task gets a flag its
+        holder sees on its next `renew` (or sooner), after which it reports
+        `mark_cancelled`; if its lease runs out first, recovery makes it CANCELLED.
+        Returns False when the task is already final; raises `TaskNotFoundError` when
+        there is no such task.
+        """
+
+    @abstractmethod
+    async def requeue(self, task_id: str, delay_seconds: float = 0.0) -> Task:
+        """Run a final task (failed, cancelled or completed) again from its first attempt.
+
+        Raises `TaskStateError` when the task is not final, `TaskNotFoundError` when
+        there is no such task.
+        """
+
+    @abstractmethod
+    async def purge(self, status: TaskStatus = TaskStatus.PENDING) -> int:
+        """Delete every task in `status` and return how many; PROCESSING is refused."""
+
+    # ----------------------------------------------------------------- reading
+
+    @abstractmethod
+    async def get_task(self, task_id: str) -> Task | None:
+        """Return a snapshot of the task, or None when there is none (or it expired)."""
+
+    @abstractmethod
+    async def wait_for(self, task_id: str, timeout: float | None = None) -> Task:
+        """Wait, without polling, until the task is final and return it.
+
+        Raises `TimeoutError` after `timeout` seconds and `TaskNotFoundError` when
+        there is no such task.
+        """
+
+    @abstractmethod
+    async def list_tasks(
+        self, status: TaskStatus | None = None, *, limit: int = 100
+    ) -> list[Task]:
+        """Return up to `limit` tasks, in `status` if given, oldest first."""
+
+    @abstractmethod
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        """Return how many tasks are in each state (every state present, maybe 0)."""
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def close(self) -> None:
+        """Release connections and wake any waiting caller; stored tasks are kept."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- Katana API
+
+    async def update_task_status(
+        self, task_id: str, status: TaskStatus, *, token: int | None = None
+    ) -> bool:
+        """Move a task to `status` by the matching operation; returns its result.
+
+        PENDING requeues a final task (or releases a leased one when `token` is given),
+        PROCESSING is accepted only for a task already leased (use `dequeue` to lease),
+        COMPLETED, FAILED and CANCELLED act as `mark_complete`, `mark_failed` and
+        `cancel` (or `mark_cancelled` with a token).
+        """
+        status = TaskStatus(status)
+        if status is TaskStatus.COMPLETED:
+            return await self.mark_complete(task_id, token=token)
+        if status is TaskStatus.FAILED:
+            error = TaskError("Failed", "marked failed by update_task_status")
+            return await self.mark_failed(task_id, error, token=token)
+        if status is TaskStatus.CANCELLED:
+            if token is not None:
+                return await self.mark_cancelled(task_id, token=token)
+            return await self.cancel(task_id)
+        current = await self.get_task(task_id)
+        if current is None:
+            raise TaskNotFoundError(task_id)
+        if status is TaskStatus.PROCESSING:
+            if current.status is TaskStatus.PROCESSING:
+                return True
+            raise TaskStateError(
+                f"task {task_id} is {current.status.value}; only dequeue leases a task"
+            )
+        if current.status is TaskStatus.PENDING:
+            return True
+        if current.status is TaskStatus.PROCESSING:
+            if token is None:
+                raise TaskStateError(f"task {task_id} is processing; pass its lease token")
+            return await self.release(task_id, token=token)
+        await self.requeue(task_id)
+        return True
+
+    async def mark_complete_many(self, outcomes: Iterable[tuple[str, int, Any]]) -> list[bool]:
+        """Acknowledge several `(task_id, token, result)` successes; one bool each."""
+        return [await self.mark_complete(i, r, token=t) for i, t, r in outcomes]

@@ -1,0 +1,652 @@
+"""InMemoryBroker: heapq queues inside one process, the embedded default broker."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from ..codec import normalize
+from ..errors import TaskNotFoundError, TaskStateError
+from ..models import FINAL_STATES, Task, TaskError, TaskStatus
+from .base import AbstractBroker, RenewResult
+
+__all__ = ["InMemoryBroker"]
+
+logger = logging.getLogger(__name__)
+
+_PENDING = TaskStatus.PENDING
+_PROCESSING = TaskStatus.PROCESSING
+_COMPLETED = TaskStatus.COMPLETED
+_FAILED = TaskStatus.FAILED
+_CANCELLED = TaskStatus.CANCELLED
+
+
+def _snapshot(t: Task) -> Task:
+    # A positional constructor call is several times faster than copy.copy or
+    # dataclasses.replace on a slotted dataclass; dicts are copied one level deep.
+    return Task(
+        t.name,
+        dict(t.payload),
+        t.priority,
+        t.id,
+        t.scheduled_at,
+        t.created_at,
+        t.status,
+        t.attempts,
+        t.max_retries,
+        t.timeout,
+        t.result,
+        t.error,
+        t.started_at,
+        t.finished_at,
+        t.progress,
+        dict(t.metadata),
+        t.token,
+        t.worker_id,
+        t.cancel_requested,
+    )
+
+
+def _as_error(error: TaskError | BaseException | str) -> TaskError:
+    if isinstance(error, TaskError):
+        return error
+    if isinstance(error, BaseException):
+        return TaskError.from_exception(error)
+    return TaskError("Error", str(error))
+
+
+class _Waiter:
+    __slots__ = ("future", "wake_at")
+
+    def __init__(self, future: asyncio.Future[None], wake_at: float) -> None:
+        self.future = future
+        self.wake_at = wake_at
+
+
+class InMemoryBroker(AbstractBroker):
+    """A broker that lives in this process: fast, and gone when the process ends.
+
+    Due tasks wait in a heap keyed by (priority, sequence), delayed ones in a heap keyed
+    by due time. It keeps the full lease contract of `AbstractBroker`, so a task whose
+    worker coroutine died is recovered at its lease deadline. Final tasks are kept
+    `result_ttl` seconds (failed ones `dead_letter_ttl`) and then forgotten.
+    """
+
+    def __init__(
+        self,
+        *,
+        lease_seconds: float = 30.0,
+        result_ttl: float = 3600.0,
+        dead_letter_ttl: float = 7 * 24 * 3600.0,
+        maintenance_batch: int = 1000,
+    ) -> None:
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        if result_ttl < 0 or dead_letter_ttl < 0:
+            raise ValueError("result_ttl and dead_letter_ttl must be >= 0")
+        self.lease_seconds = float(lease_seconds)
+        self.result_ttl = float(result_ttl)
+        self.dead_letter_ttl = float(dead_letter_ttl)
+        self._batch = maintenance_batch
+        self._tasks: dict[str, Task] = {}
+        self._ready: list[tuple[int, int, str]] = []
+        self._delayed: list[tuple[float, int, str]] = []
+        self._queued: dict[str, int] = {}
+        self._leases: dict[str, float] = {}
+        self._deadlines: list[tuple[float, str, int]] = []
+        self._expires: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._cancel_reasons: dict[str, str] = {}
+        self._seq = 0
+        self._waiters: list[_Waiter] = []
+        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"InMemoryBroker(tasks={len(self._tasks)}, lease_seconds={self.lease_seconds})"
+
+    # ----------------------------------------------------------------- producing
+
+    async def enqueue(self, task: Task) -> Task:
+        """See `AbstractBroker.enqueue`."""
+        return self._enqueue(self._prepare(task), time.time())
+
+    async def enqueue_many(self, tasks: Sequence[Task]) -> list[Task]:
+        """See `AbstractBroker.enqueue_many`."""
+        prepared = [self._prepare(task) for task in tasks]
+        now = time.time()
+        return [self._enqueue(task, now) for task in prepared]
+
+    def _prepare(self, task: Task) -> Task:
+        if type(task.priority) is not int:
+            raise TypeError(f"priority must be an int, got {task.priority!r}")
+        if task.id in self._tasks:
+            return task
+        return Task(
+            task.name,
+            normalize(task.payload, "payload"),
+            task.priority,
+            task.id,
+            task.scheduled_at,
+            task.created_at,
+            _PENDING,
+            0,
+            task.max_retries,
+            task.timeout,
+            metadata=normalize(task.metadata, "metadata"),
+        )
+
+    def _enqueue(self, task: Task, now: float) -> Task:
+        self._maintain(now)
+        existing = self._tasks.get(task.id)
+        if existing is not None:
+            return _snapshot(existing)
+        self._tasks[task.id] = task
+        self._schedule(task, task.scheduled_at.timestamp(), now)
+        return _snapshot(task)
+
+    def _schedule(self, task: Task, due: float, now: float) -> None:
+        self._seq += 1
+        seq = self._seq
+        self._queued[task.id] = seq
+        if due <= now:
+            heapq.heappush(self._ready, (task.priority, seq, task.id))
+            self._signal(now)
+        else:
+            heapq.heappush(self._delayed, (due, seq, task.id))
+            if self._delayed[0][1] == seq:
+                self._signal(due)
+
+    # ----------------------------------------------------------------- consuming
+
+    async def dequeue_many(
+        self,
+        max_tasks: int,
+        timeout: float | None = 0.0,
+        *,
+        worker_id: str | None = None,
+    ) -> list[Task]:
+        """See `AbstractBroker.dequeue_many`."""
+        if max_tasks < 1:
+            raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
+        while True:
+            now = time.time()
+            self._maintain(now)
+            if self._ready:
+                leased = self._lease(max_tasks, now, worker_id)
+                if leased:
+                    if self._ready:
+                        self._signal(now)
+                    return leased
+            if self._closed:
+                return []
+            wait: float | None = None if give_up is None else give_up - loop.time()
+            if wait is not None and wait <= 0:
+                return []
+            event = self._next_event()
+            if event is not None:
+                until = max(event - now, 0.0)
+                wait = until if wait is None else min(wait, until)
+            await self._sleep(loop, now, wait)
+
+    async def _sleep(
+        self, loop: asyncio.AbstractEventLoop, now: float, wait: float | None
+    ) -> None:
+        future: asyncio.Future[None] = loop.create_future()
+        waiter = _Waiter(future, float("inf") if wait is None else now + wait)
+        self._waiters.append(waiter)
+        try:
+            if wait is None:
+                await future
+            else:
+                try:
+                    async with asyncio.timeout(wait):
+                        await future
+                except TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                # We were woken for work but will not take it: pass the wake on.
+                self._signal(time.time(), skip=waiter)
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _signal(self, at: float, skip: _Waiter | None = None) -> None:
+        """Wake one sleeping dequeue that would otherwise sleep past `at`."""
+        for waiter in self._waiters:
+            if waiter is not skip and waiter.wake_at > at and not waiter.future.done():
+                waiter.future.set_result(None)
+                return
+
+    def _next_event(self) -> float | None:
+        times = []
+        if self._delayed:
+            times.append(self._delayed[0][0])
+        if self._deadlines:
+            times.append(self._deadlines[0][0])
+        return min(times) if times else None
+
+    def _lease(self, max_tasks: int, now: float, worker_id: str | None) -> list[Task]:
+        ready = self._ready
+        queued = self._queued
+        tasks = self._tasks
+        deadline = now + self.lease_seconds
+        started = datetime.fromtimestamp(now, UTC)
+        leased: list[Task] = []
+        while ready and len(leased) < max_tasks:
+            _, seq, task_id = heapq.heappop(ready)
+            if queued.get(task_id) != seq:
+                continue
+            del queued[task_id]
+            task = tasks[task_id]
+            task.status = _PROCESSING
+            task.attempts += 1
+            task.token += 1
+            task.worker_id = worker_id
+            task.started_at = started
+            self._leases[task_id] = deadline
+            heapq.heappush(self._deadlines, (deadline, task_id, task.token))
+            leased.append(_snapshot(task))
+        if leased:
+            self._signal(deadline)
+        return leased
+
+    async def renew(self, leases: Mapping[str, int]) -> RenewResult:
+        """See `AbstractBroker.renew`."""
+        now = time.time()
+        self._maintain(now)
+        deadline = now + self.lease_seconds
+        renewed: set[str] = set()
+        lost: set[str] = set()
+        cancels: set[str] = set()
+        for task_id, token in leases.items():
+            task = self._tasks.get(task_id)
+            if task is None or task.status is not _PROCESSING or task.token != token:
+                lost.add(task_id)
+                continue
+            self._leases[task_id] = deadline
+            heapq.heappush(self._deadlines, (deadline, task_id, token))
+            renewed.add(task_id)
+            if task.cancel_requested:
+                cancels.add(task_id)
+        return RenewResult(frozenset(renewed), frozenset(lost), frozenset(cancels))
+
+    def _held(self, task_id: str, token: int | None, done: TaskStatus) -> Task | None:
+        """Return the task if this caller may report `done` on it, else None.
+
+        Raises `TaskNotFoundError` for an unknown id without a token, and
+        `TaskStateError` when an administrative call targets a final task.
+        """
+        task = self._tasks.get(task_id)
+        if task is None:
+            if token is None:
+                raise TaskNotFoundError(task_id)
+            logger.warning(
+                "task %s: stale holder (token %s) reported %s on a task that is gone",
+                task_id,
+                token,
+                done.value,
+                extra={"task_id": task_id},
+            )
+            return None
+        if token is not None and (task.token != token or task.status is not _PROCESSING):
+            if task.token != token or task.status is not done:
+                logger.warning(
+                    "task %s [%s]: stale holder (token %s, current %s, %s) refused",
+                    task_id,
+                    task.name,
+                    token,
+                    task.token,
+                    task.status.value,
+                    extra={"task_id": task_id, "task_name": task.name},
+                )
+            return None
+        if token is None and task.status in FINAL_STATES:
+            if task.status is done:
+                return None
+            raise TaskStateError(f"task {task_id} is already {task.status.value}")
+        return task
+
+    def _repeat(self, task_id: str, token: int | None, done: TaskStatus) -> bool:
+        task = self._tasks.get(task_id)
+        return task is not None and task.status is done and (token is None or task.token == token)
+
+    async def mark_complete(
+        self, task_id: str, result: Any = None, *, token: int | None = None
+    ) -> bool:
+        """See `AbstractBroker.mark_complete`."""
+        task = self._held(task_id, token, _COMPLETED)
+        if task is None:
+            return self._repeat(task_id, token, _COMPLETED)
+        value = normalize(result, "result")
+        self._finish(task, _COMPLETED, time.time(), result=value)
+        return True
+
+    async def mark_failed(
+        self,
+        task_id: str,
+        error: TaskError | BaseException | str,
+        *,
+        token: int | None = None,
+        retry_in: float | None = None,
+    ) -> bool:
+        """See `AbstractBroker.mark_failed`."""
+        if retry_in is not None and retry_in < 0:
+            raise ValueError(f"retry_in must be >= 0, got {retry_in}")
+        task = self._held(task_id, token, _FAILED)
+        if task is None:
+            return self._repeat(task_id, token, _FAILED) or (
+                token is not None and self._retried(task_id, token)
+            )
+        now = time.time()
+        err = _as_error(error)
+        if (
+            retry_in is not None
+            and task.attempts < task.max_attempts
+            and not (task.cancel_requested)
+        ):
+            self._leases.pop(task_id, None)
+            task.status = _PENDING
+            task.error = err
+            task.worker_id = None
+            due = now + retry_in
+            task.scheduled_at = datetime.fromtimestamp(due, UTC)
+            self._schedule(task, due, now)
+            return True
+        if task.cancel_requested:
+            self._finish(task, _CANCELLED, now, error=self._cancel_error(task_id))
+            return True
+        self._finish(task, _FAILED, now, error=err)
+        return True
+
+    def _retried(self, task_id: str, token: int) -> bool:
+        task = self._tasks.get(task_id)
+        return task is not None and task.status is _PENDING and task.token == token
+
+    async def mark_cancelled(
+        self, task_id: str, *, token: int | None = None, reason: str | None = None
+    ) -> bool:
+        """See `AbstractBroker.mark_cancelled`."""
+        task = self._held(task_id, token, _CANCELLED)
+        if task is None:
+            return self._repeat(task_id, token, _CANCELLED)
+        if reason is not None:
+            self._cancel_reasons.setdefault(task_id, reason)
+        self._finish(task, _CANCELLED, time.time(), error=self._cancel_error(task_id))
+        return True
+
+    async def release(self, task_id: str, *, token: int) -> bool:
+        """See `AbstractBroker.release`."""
+        task = self._tasks.get(task_id)
+        if task is None or task.token != token:
+            return False
+        if task.status is _PENDING:
+            return True
+        if task.status is not _PROCESSING:
+            return False
+        now = time.time()
+        task.attempts -= 1
+        if task.cancel_requested:
+            self._finish(task, _CANCELLED, now, error=self._cancel_error(task_id))
+            return True
+        self._leases.pop(task_id, None)
+        task.status = _PENDING
+        task.worker_id = None
+        self._schedule(task, now, now)
+        return True
+
+    async def set_progress(
+        self, task_id: str, progress: float, *, token: int | None = None
+    ) -> bool:
+        """See `AbstractBroker.set_progress`."""
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be between 0.0 and 1.0, got {progress}")
+        task = self._tasks.get(task_id)
+        if task is None or task.status in FINAL_STATES:
+            return False
+        if token is not None and task.token != token:
+            return False
+        task.progress = float(progress)
+        return True
+
+    # ----------------------------------------------------------------- control
+
+    async def cancel(self, task_id: str, reason: str | None = None) -> bool:
+        """See `AbstractBroker.cancel`."""
+        now = time.time()
+        self._maintain(now)
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        if task.status in FINAL_STATES:
+            return False
+        if reason is not None:
+            self._cancel_reasons[task_id] = reason
+        if task.status is _PENDING:
+            self._finish(task, _CANCELLED, now, error=self._cancel_error(task_id))
+        else:
+            task.cancel_requested = True
+        return True
+
+    def _cancel_error(self, task_id: str) -> TaskError:
+        reason = self._cancel_reasons.pop(task_id, None)
+        return TaskError("Cancelled", reason or "cancelled on request")
+
+    async def requeue(self, task_id: str, delay_seconds: float = 0.0) -> Task:
+        """See `AbstractBroker.requeue`."""
+        if delay_seconds < 0:
+            raise ValueError(f"delay_seconds must be >= 0, got {delay_seconds}")
+        now = time.time()
+        self._maintain(now)
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        if task.status not in FINAL_STATES:
+            raise TaskStateError(f"task {task_id} is {task.status.value}, not final")
+        self._expires.pop(task_id, None)
+        due = now + delay_seconds
+        task.status = _PENDING
+        task.attempts = 0
+        task.result = None
+        task.error = None
+        task.progress = 0.0
+        task.started_at = None
+        task.finished_at = None
+        task.worker_id = None
+        task.cancel_requested = False
+        task.scheduled_at = datetime.fromtimestamp(due, UTC)
+        self._schedule(task, due, now)
+        return _snapshot(task)
+
+    async def purge(self, status: TaskStatus = TaskStatus.PENDING) -> int:
+        """See `AbstractBroker.purge`."""
+        status = TaskStatus(status)
+        if status is _PROCESSING:
+            raise TaskStateError("running tasks cannot be purged; cancel them instead")
+        self._maintain(time.time())
+        doomed = [t.id for t in self._tasks.values() if t.status is status]
+        for task_id in doomed:
+            del self._tasks[task_id]
+            self._queued.pop(task_id, None)
+            self._expires.pop(task_id, None)
+            self._cancel_reasons.pop(task_id, None)
+            for future in self._watchers.pop(task_id, ()):
+                if not future.done():
+                    future.set_result(None)
+        if status is _PENDING:
+            self._ready = [e for e in self._ready if e[2] in self._queued]
+            self._delayed = [e for e in self._delayed if e[2] in self._queued]
+            heapq.heapify(self._ready)
+            heapq.heapify(self._delayed)
+        return len(doomed)
+
+    # ----------------------------------------------------------------- reading
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """See `AbstractBroker.get_task`."""
+        self._maintain(time.time())
+        task = self._tasks.get(task_id)
+        return None if task is None else _snapshot(task)
+
+    async def wait_for(self, task_id: str, timeout: float | None = None) -> Task:
+        """See `AbstractBroker.wait_for`."""
+        self._maintain(time.time())
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        if task.status not in FINAL_STATES:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            watchers = self._watchers.setdefault(task_id, [])
+            watchers.append(future)
+            try:
+                async with asyncio.timeout(timeout):
+                    await future
+            finally:
+                if future in watchers:
+                    watchers.remove(future)
+                if not watchers and self._watchers.get(task_id) is watchers:
+                    del self._watchers[task_id]
+            task = self._tasks.get(task_id)
+            if task is None:
+                raise TaskNotFoundError(task_id)
+        return _snapshot(task)
+
+    async def list_tasks(
+        self, status: TaskStatus | None = None, *, limit: int = 100
+    ) -> list[Task]:
+        """See `AbstractBroker.list_tasks`."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._maintain(time.time())
+        wanted = None if status is None else TaskStatus(status)
+        found: list[Task] = []
+        for task in self._tasks.values():
+            if len(found) >= limit:
+                break
+            if wanted is None or task.status is wanted:
+                found.append(_snapshot(task))
+        return found
+
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        """See `AbstractBroker.count_tasks`."""
+        self._maintain(time.time())
+        counts = Counter(task.status for task in self._tasks.values())
+        return {status: counts.get(status, 0) for status in TaskStatus}
+
+    async def close(self) -> None:
+        """Wake every waiting dequeue; it returns empty. Stored tasks are kept."""
+        self._closed = True
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+
+    # ----------------------------------------------------------------- internals
+
+    def _finish(
+        self,
+        task: Task,
+        status: TaskStatus,
+        now: float,
+        *,
+        result: Any = None,
+        error: TaskError | None = None,
+    ) -> None:
+        task_id = task.id
+        self._leases.pop(task_id, None)
+        self._queued.pop(task_id, None)
+        task.status = status
+        task.result = result
+        task.error = error
+        task.finished_at = datetime.fromtimestamp(now, UTC)
+        task.worker_id = None
+        if status is _COMPLETED:
+            task.progress = 1.0
+        expire_at = now + (self.dead_letter_ttl if status is _FAILED else self.result_ttl)
+        self._expires[task_id] = expire_at
+        heapq.heappush(self._expiry, (expire_at, task_id))
+        watchers = self._watchers.pop(task_id, None)
+        if watchers:
+            for future in watchers:
+                if not future.done():
+                    future.set_result(None)
+
+    def _maintain(self, now: float) -> None:
+        """Promote due delayed tasks, recover expired leases, drop expired final tasks.
+
+        Each kind of work is bounded per call so a backlog never stalls the event loop;
+        the rest is done by the next call.
+        """
+        delayed = self._delayed
+        if delayed and delayed[0][0] <= now:
+            queued = self._queued
+            budget = self._batch
+            while delayed and delayed[0][0] <= now and budget:
+                _, seq, task_id = heapq.heappop(delayed)
+                if queued.get(task_id) == seq:
+                    heapq.heappush(self._ready, (self._tasks[task_id].priority, seq, task_id))
+                    budget -= 1
+        deadlines = self._deadlines
+        if deadlines and deadlines[0][0] <= now:
+            budget = self._batch
+            while deadlines and deadlines[0][0] <= now and budget:
+                deadline, task_id, token = heapq.heappop(deadlines)
+                task = self._tasks.get(task_id)
+                if (
+                    task is not None
+                    and task.status is _PROCESSING
+                    and task.token == token
+                    and self._leases.get(task_id) == deadline
+                ):
+                    self._recover(task, now)
+                    budget -= 1
+        expiry = self._expiry
+        if expiry and expiry[0][0] <= now:
+            budget = self._batch
+            while expiry and expiry[0][0] <= now and budget:
+                expire_at, task_id = heapq.heappop(expiry)
+                if self._expires.get(task_id) == expire_at:
+                    del self._expires[task_id]
+                    del self._tasks[task_id]
+                    budget -= 1
+
+    def _recover(self, task: Task, now: float) -> None:
+        holder = task.worker_id or "unknown worker"
+        if task.cancel_requested:
+            self._finish(task, _CANCELLED, now, error=self._cancel_error(task.id))
+            return
+        if task.attempts >= task.max_attempts:
+            message = (
+                f"lease expired on attempt {task.attempts} of {task.max_attempts} "
+                f"(holder {holder} lost)"
+            )
+            logger.error(
+                "task %s [%s]: %s; failed",
+                task.id,
+                task.name,
+                message,
+                extra={"task_id": task.id, "task_name": task.name},
+            )
+            self._finish(task, _FAILED, now, error=TaskError("LeaseExpired", message))
+            return
+        logger.warning(
+            "task %s [%s]: lease of %s expired on attempt %d; task is ready again",
+            task.id,
+            task.name,
+            holder,
+            task.attempts,
+            extra={"task_id": task.id, "task_name": task.name},
+        )
+        self._leases.pop(task.id, None)
+        task.status = _PENDING
+        task.worker_id = None
+        self._schedule(task, now, now)

@@ -1,0 +1,823 @@
+"""TaskQueueService: executors by name, add_task, worker slots, heartbeat and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import math
+import os
+import socket
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar, overload
+
+from .broker.base import AbstractBroker
+from .errors import (
+    PayloadError,
+    TaskCancelledError,
+    TaskFailedError,
+    UnknownTaskError,
+)
+from .models import Task, TaskError, TaskStatus, utcnow
+from .retry import RetryPolicy
+
+__all__ = [
+    "Executor",
+    "TaskExecutor",
+    "TaskQueueService",
+    "current_task",
+    "report_progress",
+]
+
+logger = logging.getLogger(__name__)
+
+TaskExecutor = Callable[[Task], Coroutine[Any, Any, Any]]
+"""The signature of an async executor: takes the `Task`, returns a JSON result."""
+
+Executor = Callable[[Task], Any]
+"""Any executor: an async function, or a plain one (run in a thread)."""
+
+E = TypeVar("E", bound=Executor)
+
+_MAX_ID_LENGTH = 256
+
+
+@dataclass(slots=True)
+class _Registered:
+    fn: Executor
+    is_async: bool
+
+
+class _Lease:
+    """A task this process holds: leased, buffered or running in a slot."""
+
+    __slots__ = ("cancelling", "lost", "releasing", "running", "slot", "task", "token")
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.token = task.token
+        self.slot: asyncio.Task[Any] | None = None
+        self.running = False
+        self.cancelling = False
+        self.releasing = False
+        self.lost = False
+
+
+_current: contextvars.ContextVar[tuple[TaskQueueService, _Lease] | None] = contextvars.ContextVar(
+    "task_queue_current", default=None
+)
+
+
+def current_task() -> Task:
+    """Return the task the calling executor is running; RuntimeError outside one."""
+    entry = _current.get()
+    if entry is None:
+        raise RuntimeError("current_task() is only available inside a task executor")
+    return entry[1].task
+
+
+async def report_progress(progress: float) -> None:
+    """Record the running task's progress (0.0 to 1.0), visible through `get_task`.
+
+    Call it from inside an executor; RuntimeError elsewhere, ValueError out of range.
+    """
+    entry = _current.get()
+    if entry is None:
+        raise RuntimeError("report_progress() is only available inside a task executor")
+    if isinstance(progress, bool) or not isinstance(progress, int | float):
+        raise TypeError(f"progress must be a number, got {progress!r}")
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be between 0.0 and 1.0, got {progress}")
+    service, lease = entry
+    lease.task.progress = float(progress)
+    await service.broker.set_progress(lease.task.id, float(progress), token=lease.token)
+
+
+def _log_extra(task: Task) -> dict[str, Any]:
+    return {"task_id": task.id, "task_name": task.name}
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class TaskQueueService:
+    """Runs named executors for the tasks of one broker.
+
+    `task_executors` maps task names to executors: async functions taking the `Task`
+    (plain functions run in a thread). `retry_policy` decides how failed tasks retry,
+    `default_timeout` bounds a task that sets no `timeout` of its own, `concurrency` is
+    the number of slots `async with service:` starts, `prefetch` how many leased tasks
+    beyond the free slots this process may hold, and `shutdown_grace` how long
+    `shutdown()` lets running tasks finish before it cancels them and hands them back.
+    With `check_names=False`, `add_task` accepts names this process has no executor for
+    (a producer whose workers run elsewhere).
+    """
+
+    def __init__(
+        self,
+        broker: AbstractBroker,
+        task_executors: Mapping[str, Executor] | None = None,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        default_timeout: float | None = None,
+        concurrency: int = 10,
+        prefetch: int | None = None,
+        shutdown_grace: float = 30.0,
+        check_names: bool = True,
+        worker_id: str | None = None,
+    ) -> None:
+        if not isinstance(broker, AbstractBroker):
+            raise TypeError(f"broker must be an AbstractBroker, got {type(broker).__name__}")
+        if default_timeout is not None and not default_timeout > 0:
+            raise ValueError(f"default_timeout must be > 0 or None, got {default_timeout}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if prefetch is not None and prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        if shutdown_grace < 0:
+            raise ValueError(f"shutdown_grace must be >= 0, got {shutdown_grace}")
+        self.broker = broker
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.default_timeout = default_timeout
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.shutdown_grace = shutdown_grace
+        self.check_names = check_names
+        self.worker_id = worker_id or _default_worker_id()
+        self._executors: dict[str, _Registered] = {}
+        for name, fn in (task_executors or {}).items():
+            self.register(name, fn)
+        self._held: dict[str, _Lease] = {}
+        self._buffer: deque[_Lease] = deque()
+        self._idle: deque[asyncio.Future[_Lease | None]] = deque()
+        self._slots = 0
+        self._slot_counter = 0
+        self._slot_tasks: set[asyncio.Task[Any]] = set()
+        self._capacity: asyncio.Event | None = None
+        self._fetcher: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        names = ", ".join(sorted(self._executors))
+        return f"TaskQueueService(broker={self.broker!r}, executors=[{names}])"
+
+    # ----------------------------------------------------------------- registry
+
+    @property
+    def task_executors(self) -> dict[str, Executor]:
+        """A copy of the name -> executor mapping."""
+        return {name: reg.fn for name, reg in self._executors.items()}
+
+    def register(self, name: str, executor: Executor) -> None:
+        """Register `executor` for tasks named `name`; replaces an earlier one."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"task name must be a non-empty str, got {name!r}")
+        if not callable(executor):
+            raise TypeError(f"executor for {name!r} must be callable, got {executor!r}")
+        is_async = inspect.iscoroutinefunction(executor) or inspect.iscoroutinefunction(
+            getattr(executor, "__call__", None)  # noqa: B004
+        )
+        self._executors[name] = _Registered(executor, is_async)
+
+    @overload
+    def executor(self, name: E, /) -> E: ...
+
+    @overload
+    def executor(self, name: str | None = None, /) -> Callable[[E], E]: ...
+
+    def executor(self, name: str | E | None = None, /) -> E | Callable[[E], E]:
+        """Decorator registering an executor, under `name` or the function's own name.
+
+        Use as `@service.executor`, `@service.executor()` or `@service.executor("name")`.
+        """
+        if callable(name):
+            fn = name
+            self.register(getattr(fn, "__name__", repr(fn)), fn)
+            return fn
+
+        label: str | None = name
+
+        def decorate(fn: E) -> E:
+            self.register(label or str(getattr(fn, "__name__", repr(fn))), fn)
+            return fn
+
+        return decorate
+
+    # ----------------------------------------------------------------- producing
+
+    def _build(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None,
+        priority: int,
+        delay_seconds: float,
+        task_id: str | None,
+        max_retries: int | None,
+        timeout: float | None,
+        metadata: Mapping[str, Any] | None,
+        scheduled_at: datetime | None,
+    ) -> Task:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"task name must be a non-empty str, got {name!r}")
+        if self.check_names and name not in self._executors:
+            raise UnknownTaskError(name, list(self._executors))
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, Mapping):
+            raise TypeError(f"payload must be a dict (JSON object), got {type(payload).__name__}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise TypeError(
+                f"metadata must be a dict (JSON object), got {type(metadata).__name__}"
+            )
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, got {priority!r}")
+        if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
+            raise TypeError(f"delay_seconds must be a number, got {delay_seconds!r}")
+        if not math.isfinite(delay_seconds) or delay_seconds < 0:
+            raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay_seconds}")
+        if task_id is not None:
+            if not isinstance(task_id, str) or not task_id:
+                raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
+            if len(task_id) > _MAX_ID_LENGTH:
+                raise ValueError(f"task_id is longer than {_MAX_ID_LENGTH} characters")
+        if max_retries is None:
+            max_retries = self.retry_policy.max_retries
+        elif isinstance(max_retries, bool) or not isinstance(max_retries, int):
+            raise TypeError(f"max_retries must be an int, got {max_retries!r}")
+        elif max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+                raise TypeError(f"timeout must be a number or None, got {timeout!r}")
+            if not timeout > 0:
+                raise ValueError(f"timeout must be > 0, got {timeout}")
+        now = utcnow()
+        if scheduled_at is not None:
+            if delay_seconds:
+                raise ValueError("give either delay_seconds or scheduled_at, not both")
+            if not isinstance(scheduled_at, datetime) or scheduled_at.tzinfo is None:
+                raise TypeError("scheduled_at must be a timezone-aware datetime")
+            due = scheduled_at.astimezone(UTC)
+        else:
+            due = now + timedelta(seconds=delay_seconds) if delay_seconds else now
+        task = Task(
+            name=name,
+            payload=dict(payload),
+            priority=priority,
+            scheduled_at=due,
+            created_at=now,
+            max_retries=max_retries,
+            timeout=None if timeout is None else float(timeout),
+            metadata=dict(metadata or {}),
+        )
+        if task_id is not None:
+            task.id = task_id
+        return task
+
+    async def add_task(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None = None,
+        priority: int = 0,
+        delay_seconds: float = 0.0,
+        *,
+        task_id: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        scheduled_at: datetime | None = None,
+    ) -> Task:
+        """Enqueue a task for the executor `name` and return it as stored.
+
+        `priority`: lower runs first. `delay_seconds` (or an aware `scheduled_at`) makes
+        the task wait before it may start. `task_id` makes the call idempotent: adding
+        an id that exists returns the existing task. Raises `UnknownTaskError` (a
+        `ValueError`) for a name with no executor, `TypeError` naming the field for a
+        payload that is not JSON, `ValueError` for a negative delay; nothing is enqueued
+        then.
+        """
+        task = self._build(
+            name,
+            payload,
+            priority,
+            delay_seconds,
+            task_id,
+            max_retries,
+            timeout,
+            metadata,
+            scheduled_at,
+        )
+        stored = await self.broker.enqueue(task)
+        if logger.isEnabledFor(logging.INFO):
+            delay = "" if not delay_seconds else f", due in {delay_seconds:g}s"
+            logger.info(
+                "task %s [%s] created (priority %d%s)",
+                stored.id,
+                stored.name,
+                stored.priority,
+                delay,
+                extra=_log_extra(stored),
+            )
+        return stored
+
+    async def add_tasks(self, tasks: Iterable[Mapping[str, Any]]) -> list[Task]:
+        """Enqueue many tasks in one broker call; each item holds `add_task`'s arguments.
+
+        Every item is checked first: one bad item raises and nothing is enqueued.
+        """
+        built = []
+        for index, spec in enumerate(tasks):
+            if not isinstance(spec, Mapping):
+                raise TypeError(f"tasks[{index}] must be a mapping, got {type(spec).__name__}")
+            unknown = set(spec) - _SPEC_KEYS
+            if unknown:
+                raise TypeError(f"tasks[{index}] has unknown keys: {sorted(unknown)}")
+            if "name" not in spec:
+                raise TypeError(f"tasks[{index}] has no 'name'")
+            built.append(
+                self._build(
+                    spec["name"],
+                    spec.get("payload"),
+                    spec.get("priority", 0),
+                    spec.get("delay_seconds", 0.0),
+                    spec.get("task_id"),
+                    spec.get("max_retries"),
+                    spec.get("timeout"),
+                    spec.get("metadata"),
+                    spec.get("scheduled_at"),
+                )
+            )
+        stored = await self.broker.enqueue_many(built)
+        logger.debug("%d tasks created in bulk", len(stored))
+        return stored
+
+    # ----------------------------------------------------------------- reading
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """Return the task as the broker holds it now, or None."""
+        return await self.broker.get_task(task_id)
+
+    async def wait_for(self, task_id: str, timeout: float | None = None) -> Task:
+        """Wait until the task is final and return it; `TimeoutError` after `timeout` s."""
+        return await self.broker.wait_for(task_id, timeout)
+
+    async def get_result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for the task and return its result.
+
+        Raises `TaskFailedError` or `TaskCancelledError` when it did not complete, and
+        `TimeoutError` after `timeout` seconds.
+        """
+        task = await self.broker.wait_for(task_id, timeout)
+        if task.status is TaskStatus.FAILED:
+            raise TaskFailedError(task)
+        if task.status is TaskStatus.CANCELLED:
+            raise TaskCancelledError(task)
+        return task.result
+
+    async def cancel(self, task_id: str, reason: str | None = None) -> bool:
+        """Cancel a pending or running task; False when it is already final.
+
+        A pending task is CANCELLED at once. A running one is stopped by its worker:
+        at once when it runs in this process, else within one heartbeat.
+        """
+        accepted = await self.broker.cancel(task_id, reason)
+        lease = self._held.get(task_id)
+        if accepted and lease is not None:
+            self._cancel_local(lease)
+        return accepted
+
+    # ----------------------------------------------------------------- workers
+
+    @property
+    def running(self) -> bool:
+        """True while worker slots of this service are running."""
+        return self._slots > 0
+
+    def start_workers(self, num_workers: int | None = None) -> list[asyncio.Task[None]]:
+        """Start `num_workers` slots (default `concurrency`) and return their asyncio tasks.
+
+        Call it from a running event loop, e.g. a FastAPI lifespan. Each slot runs one
+        task at a time; the tasks end after `shutdown()`.
+        """
+        count = self.concurrency if num_workers is None else num_workers
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+        started = []
+        for _ in range(count):
+            self._slot_counter += 1
+            number = self._slot_counter
+            started.append(
+                asyncio.create_task(self.worker(number), name=f"task-queue-worker-{number}")
+            )
+        return started
+
+    async def worker(self, worker_number: int = 0) -> None:
+        """Run one worker slot until `shutdown()`: take leased tasks and execute them."""
+        me = asyncio.current_task()
+        if me is None:  # pragma: no cover - always inside a task under asyncio
+            raise RuntimeError("worker() must run inside an asyncio task")
+        self._start_runtime()
+        self._slot_tasks.add(me)
+        self._slots += 1
+        self._wake_fetcher()
+        logger.debug("worker slot %d of %s started", worker_number, self.worker_id)
+        try:
+            while True:
+                lease: _Lease | None
+                if self._buffer and not self._stopping:
+                    lease = self._buffer.popleft()
+                else:
+                    lease = await self._wait_for_lease()
+                    if lease is None:
+                        return
+                await self._run(lease, me)
+                if self._stopping:
+                    return
+        finally:
+            self._slots -= 1
+            self._slot_tasks.discard(me)
+            logger.debug("worker slot %d of %s stopped", worker_number, self.worker_id)
+
+    async def _wait_for_lease(self) -> _Lease | None:
+        if self._stopping:
+            return None
+        future: asyncio.Future[_Lease | None] = asyncio.get_running_loop().create_future()
+        self._idle.append(future)
+        self._wake_fetcher()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                lease = future.result()
+                if lease is not None:
+                    self._buffer.appendleft(lease)
+            raise
+        finally:
+            if future in self._idle:
+                self._idle.remove(future)
+
+    def _wake_fetcher(self) -> None:
+        if self._capacity is not None:
+            self._capacity.set()
+
+    def _start_runtime(self) -> None:
+        if self._stopping:
+            raise RuntimeError("the service is shutting down; await shutdown() first")
+        if self._capacity is None:
+            self._capacity = asyncio.Event()
+        if self._fetcher is None or self._fetcher.done():
+            self._fetcher = asyncio.create_task(self._fetch_loop(), name="task-queue-fetcher")
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(
+                self._heartbeat_loop(), name="task-queue-heartbeat"
+            )
+
+    def _prefetch(self) -> int:
+        return self.prefetch if self.prefetch is not None else max(1, self._slots // 4)
+
+    async def _fetch_loop(self) -> None:
+        capacity = self._capacity
+        assert capacity is not None
+        failures = 0
+        while not self._stopping:
+            want = self._slots + self._prefetch() - len(self._held)
+            if want <= 0 or self._slots == 0:
+                capacity.clear()
+                await capacity.wait()
+                continue
+            try:
+                tasks = await self.broker.dequeue_many(
+                    want, timeout=_FETCH_WAIT, worker_id=self.worker_id
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    logger.error("leasing tasks failed, retrying: %r", exc)
+                await asyncio.sleep(min(0.05 * 2 ** min(failures, 7), 5.0))
+                continue
+            if failures:
+                logger.info("leasing tasks works again after %d failures", failures)
+                failures = 0
+            for task in tasks:
+                lease = _Lease(task)
+                self._held[task.id] = lease
+                self._deliver(lease)
+
+    def _deliver(self, lease: _Lease) -> None:
+        while self._idle:
+            future = self._idle.popleft()
+            if not future.done():
+                future.set_result(lease)
+                return
+        self._buffer.append(lease)
+
+    async def _run(self, lease: _Lease, slot: asyncio.Task[Any]) -> None:
+        task = lease.task
+        registered = self._executors.get(task.name)
+        if lease.cancelling or lease.lost:
+            await self._settle_cancelled(lease)
+            return
+        if registered is None:
+            error = UnknownTaskError(task.name, list(self._executors))
+            await self._settle_failure(lease, TaskError.from_exception(error), retry=True)
+            return
+        timeout = task.timeout if task.timeout is not None else self.default_timeout
+        lease.slot = slot
+        lease.running = True
+        context_token = _current.set((self, lease))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "task %s [%s] started (attempt %d of %d)",
+                task.id,
+                task.name,
+                task.attempts,
+                task.max_attempts,
+                extra=_log_extra(task),
+            )
+        outcome: TaskError | None = None
+        result: Any = None
+        scope: asyncio.Timeout | None = None
+        try:
+            if timeout is None:
+                result = await self._call(registered, task)
+            else:
+                async with asyncio.timeout(timeout) as scope:
+                    result = await self._call(registered, task)
+        except asyncio.CancelledError:
+            lease.running = False
+            _current.reset(context_token)
+            if lease.cancelling or lease.releasing or lease.lost:
+                slot.uncancel()
+                await self._settle_interrupted(lease)
+                return
+            # The slot itself is being cancelled from outside: hand the task back.
+            await self._release(lease)
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and scope is not None and scope.expired():
+                message = f"task exceeded its timeout of {timeout:g}s"
+                outcome = TaskError("TimeoutError", message, traceback.format_exc())
+            else:
+                outcome = TaskError.from_exception(exc, traceback.format_exc())
+        lease.running = False
+        lease.slot = None
+        _current.reset(context_token)
+        if lease.cancelling or lease.releasing or lease.lost:
+            # The executor swallowed our cancellation; honour it anyway.
+            if slot.cancelling():
+                slot.uncancel()
+            await self._settle_interrupted(lease)
+            return
+        if outcome is None:
+            await self._settle_success(lease, result)
+        else:
+            await self._settle_failure(lease, outcome, retry=True)
+
+    async def _call(self, registered: _Registered, task: Task) -> Any:
+        if registered.is_async:
+            return await registered.fn(task)
+        result = await asyncio.to_thread(registered.fn, task)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _settle_success(self, lease: _Lease, result: Any) -> None:
+        task = lease.task
+        try:
+            accepted = await self.broker.mark_complete(task.id, result, token=lease.token)
+        except PayloadError as exc:
+            error = TaskError.from_exception(exc)
+            await self._settle_failure(lease, error, retry=False)
+            return
+        except Exception as exc:
+            self._forget(lease)
+            logger.error(
+                "task %s [%s]: could not record completion (%r); its lease will expire "
+                "and it will run again",
+                task.id,
+                task.name,
+                exc,
+                extra=_log_extra(task),
+            )
+            return
+        self._forget(lease)
+        if accepted and logger.isEnabledFor(logging.INFO):
+            logger.info("task %s [%s] completed", task.id, task.name, extra=_log_extra(task))
+
+    async def _settle_failure(self, lease: _Lease, error: TaskError, *, retry: bool) -> None:
+        task = lease.task
+        retry_in: float | None = None
+        if retry and task.attempts < task.max_attempts:
+            retry_in = self.retry_policy.delay(task.attempts)
+        try:
+            await self.broker.mark_failed(task.id, error, token=lease.token, retry_in=retry_in)
+        except Exception as exc:
+            logger.error(
+                "task %s [%s]: could not record failure (%r); its lease will expire",
+                task.id,
+                task.name,
+                exc,
+                extra=_log_extra(task),
+            )
+        finally:
+            self._forget(lease)
+        if retry_in is not None:
+            logger.warning(
+                "task %s [%s] failed attempt %d of %d with %s; retrying in %.2fs",
+                task.id,
+                task.name,
+                task.attempts,
+                task.max_attempts,
+                error,
+                retry_in,
+                extra=_log_extra(task),
+            )
+        else:
+            logger.error(
+                "task %s [%s] failed after %d attempt(s): %s\n%s",
+                task.id,
+                task.name,
+                task.attempts,
+                error,
+                error.traceback or "",
+                extra=_log_extra(task),
+            )
+
+    async def _settle_interrupted(self, lease: _Lease) -> None:
+        if lease.lost:
+            self._forget(lease)
+            logger.warning(
+                "task %s [%s]: lease lost while running; stopped without reporting",
+                lease.task.id,
+                lease.task.name,
+                extra=_log_extra(lease.task),
+            )
+        elif lease.cancelling:
+            await self._settle_cancelled(lease)
+        else:
+            await self._release(lease)
+
+    async def _settle_cancelled(self, lease: _Lease) -> None:
+        task = lease.task
+        try:
+            if not lease.lost:
+                await self.broker.mark_cancelled(task.id, token=lease.token)
+        except Exception as exc:
+            logger.error(
+                "task %s [%s]: could not record cancellation (%r)",
+                task.id,
+                task.name,
+                exc,
+                extra=_log_extra(task),
+            )
+        finally:
+            self._forget(lease)
+        logger.info("task %s [%s] cancelled", task.id, task.name, extra=_log_extra(task))
+
+    async def _release(self, lease: _Lease) -> None:
+        task = lease.task
+        try:
+            await self.broker.release(task.id, token=lease.token)
+            logger.info(
+                "task %s [%s] handed back to the queue",
+                task.id,
+                task.name,
+                extra=_log_extra(task),
+            )
+        except Exception as exc:
+            logger.error(
+                "task %s [%s]: could not hand back (%r); its lease will expire",
+                task.id,
+                task.name,
+                exc,
+                extra=_log_extra(task),
+            )
+        finally:
+            self._forget(lease)
+
+    def _forget(self, lease: _Lease) -> None:
+        if self._held.get(lease.task.id) is lease:
+            del self._held[lease.task.id]
+            capacity = self._capacity
+            if capacity is not None and not self._stopping:
+                capacity.set()
+
+    def _cancel_local(self, lease: _Lease) -> None:
+        lease.cancelling = True
+        if lease.running and lease.slot is not None:
+            lease.slot.cancel()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.broker.lease_seconds / 3
+        failures = 0
+        while True:
+            await asyncio.sleep(interval)
+            if not self._held:
+                continue
+            leases = {task_id: lease.token for task_id, lease in self._held.items()}
+            try:
+                outcome = await self.broker.renew(leases)
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    logger.error("renewing %d leases failed: %r", len(leases), exc)
+                continue
+            failures = 0
+            for task_id in outcome.lost:
+                lease = self._held.get(task_id)
+                if lease is None or lease.token != leases[task_id]:
+                    continue
+                lease.lost = True
+                if lease in self._buffer:
+                    self._buffer.remove(lease)
+                    self._forget(lease)
+                elif lease.running and lease.slot is not None:
+                    lease.slot.cancel()
+            for task_id in outcome.cancel_requested:
+                lease = self._held.get(task_id)
+                if lease is not None and not lease.cancelling:
+                    self._cancel_local(lease)
+
+    # ----------------------------------------------------------------- shutdown
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop the workers without losing a task.
+
+        Leasing stops at once and leased tasks not yet started go back to the queue.
+        Running tasks get `grace` seconds (default `shutdown_grace`) to finish; the rest
+        are cancelled and handed back at once without spending an attempt. Returns when
+        every worker slot has ended.
+        """
+        grace = self.shutdown_grace if grace is None else grace
+        self._stopping = True
+        try:
+            if self._fetcher is not None:
+                self._fetcher.cancel()
+                await asyncio.gather(self._fetcher, return_exceptions=True)
+            while self._buffer:
+                await self._release(self._buffer.popleft())
+            while self._idle:
+                future = self._idle.popleft()
+                if not future.done():
+                    future.set_result(None)
+            me = asyncio.current_task()
+            slots = {slot for slot in self._slot_tasks if slot is not me}
+            if slots:
+                _, late = await asyncio.wait(slots, timeout=grace)
+                if late:
+                    for lease in list(self._held.values()):
+                        if lease.running and lease.slot is not None:
+                            lease.releasing = True
+                            lease.slot.cancel()
+                    await asyncio.wait(late)
+            for lease in list(self._held.values()):
+                await self._release(lease)
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._fetcher = None
+            self._heartbeat = None
+            self._capacity = None
+            self._stopping = False
+        logger.info("task queue service %s shut down", self.worker_id)
+
+    async def __aenter__(self) -> Self:
+        self.start_workers()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+
+_FETCH_WAIT = 5.0
+
+_SPEC_KEYS = frozenset(
+    {
+        "name",
+        "payload",
+        "priority",
+        "delay_seconds",
+        "task_id",
+        "max_retries",
+        "timeout",
+        "metadata",
+        "scheduled_at",
+    }
+)
