@@ -160,6 +160,7 @@ class TaskQueueService:
         self._idle: deque[asyncio.Future[_Lease | None]] = deque()
         self._slots = 0
         self._slot_counter = 0
+        self._launched: set[asyncio.Task[None]] = set()
         self._slot_tasks: set[asyncio.Task[Any]] = set()
         self._capacity: asyncio.Event | None = None
         self._fetcher: asyncio.Task[None] | None = None
@@ -399,8 +400,9 @@ class TaskQueueService:
 
     @property
     def running(self) -> bool:
-        """True while worker slots of this service are running."""
-        return self._slots > 0
+        """True while worker slots of this service are running (or about to)."""
+        self._launched = {t for t in self._launched if not t.done()}
+        return self._slots > 0 or bool(self._launched)
 
     def start_workers(self, num_workers: int | None = None) -> list[asyncio.Task[None]]:
         """Start `num_workers` slots (default `concurrency`) and return their asyncio tasks.
@@ -418,6 +420,7 @@ class TaskQueueService:
             started.append(
                 asyncio.create_task(self.worker(number), name=f"task-queue-worker-{number}")
             )
+        self._launched.update(started)
         return started
 
     async def worker(self, worker_number: int = 0) -> None:
@@ -425,6 +428,8 @@ class TaskQueueService:
         me = asyncio.current_task()
         if me is None:  # pragma: no cover - always inside a task under asyncio
             raise RuntimeError("worker() must run inside an asyncio task")
+        if self._stopping:
+            return
         self._start_runtime()
         self._slot_tasks.add(me)
         self._slots += 1
@@ -470,8 +475,6 @@ class TaskQueueService:
             self._capacity.set()
 
     def _start_runtime(self) -> None:
-        if self._stopping:
-            raise RuntimeError("the service is shutting down; await shutdown() first")
         if self._capacity is None:
             self._capacity = asyncio.Event()
         if self._fetcher is None or self._fetcher.done():
@@ -772,7 +775,7 @@ class TaskQueueService:
                 if not future.done():
                     future.set_result(None)
             me = asyncio.current_task()
-            slots = {slot for slot in self._slot_tasks if slot is not me}
+            slots = {slot for slot in self._slot_tasks | self._launched if slot is not me}
             if slots:
                 _, late = await asyncio.wait(slots, timeout=grace)
                 if late:
