@@ -138,6 +138,8 @@ class TaskQueueService:
             raise TypeError(f"broker must be an AbstractBroker, got {type(broker).__name__}")
         if default_timeout is not None and not default_timeout > 0:
             raise ValueError(f"default_timeout must be > 0 or None, got {default_timeout}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise TypeError(f"concurrency must be an int, got {concurrency!r}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if prefetch is not None and prefetch < 0:
@@ -318,7 +320,14 @@ class TaskQueueService:
             scheduled_at,
         )
         stored = await self.broker.enqueue(task)
-        if logger.isEnabledFor(logging.INFO):
+        if stored.created_at != task.created_at:
+            logger.info(
+                "task %s [%s] exists already; not enqueued again",
+                stored.id,
+                stored.name,
+                extra=_log_extra(stored),
+            )
+        elif logger.isEnabledFor(logging.INFO):
             delay = "" if not delay_seconds else f", due in {delay_seconds:g}s"
             logger.info(
                 "task %s [%s] created (priority %d%s)",

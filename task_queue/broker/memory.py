@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..codec import normalize
-from ..errors import TaskNotFoundError, TaskStateError
+from ..errors import TaskNotFoundError, TaskQueueError, TaskStateError
 from ..models import FINAL_STATES, Task, TaskError, TaskStatus
 from .base import AbstractBroker, RenewResult
 
@@ -90,6 +90,8 @@ class InMemoryBroker(AbstractBroker):
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
         if result_ttl < 0 or dead_letter_ttl < 0:
             raise ValueError("result_ttl and dead_letter_ttl must be >= 0")
+        if maintenance_batch < 1:
+            raise ValueError(f"maintenance_batch must be >= 1, got {maintenance_batch}")
         self.lease_seconds = float(lease_seconds)
         self.result_ttl = float(result_ttl)
         self.dead_letter_ttl = float(dead_letter_ttl)
@@ -178,6 +180,8 @@ class InMemoryBroker(AbstractBroker):
         loop = asyncio.get_running_loop()
         give_up = None if timeout is None else loop.time() + timeout
         while True:
+            if self._closed:
+                raise TaskQueueError("the broker is closed")
             now = time.time()
             self._maintain(now)
             if self._ready:
@@ -186,8 +190,6 @@ class InMemoryBroker(AbstractBroker):
                     if self._ready:
                         self._signal(now)
                     return leased
-            if self._closed:
-                return []
             wait: float | None = None if give_up is None else give_up - loop.time()
             if wait is not None and wait <= 0:
                 return []
@@ -343,11 +345,11 @@ class InMemoryBroker(AbstractBroker):
         """See `AbstractBroker.mark_failed`."""
         if retry_in is not None and retry_in < 0:
             raise ValueError(f"retry_in must be >= 0, got {retry_in}")
+        if token is not None and self._retried(task_id, token):
+            return True
         task = self._held(task_id, token, _FAILED)
         if task is None:
-            return self._repeat(task_id, token, _FAILED) or (
-                token is not None and self._retried(task_id, token)
-            )
+            return self._repeat(task_id, token, _FAILED)
         now = time.time()
         err = _as_error(error)
         if (
@@ -544,7 +546,7 @@ class InMemoryBroker(AbstractBroker):
         return {status: counts.get(status, 0) for status in TaskStatus}
 
     async def close(self) -> None:
-        """Wake every waiting dequeue; it returns empty. Stored tasks are kept."""
+        """Stop handing out tasks: waiting and later dequeues raise. Stored tasks are kept."""
         self._closed = True
         for waiter in self._waiters:
             if not waiter.future.done():
@@ -564,6 +566,7 @@ class InMemoryBroker(AbstractBroker):
         task_id = task.id
         self._leases.pop(task_id, None)
         self._queued.pop(task_id, None)
+        self._cancel_reasons.pop(task_id, None)
         task.status = status
         task.result = result
         task.error = error

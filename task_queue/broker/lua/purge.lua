@@ -1,0 +1,28 @@
+-- purge.lua: delete up to a batch of tasks in one state (never processing ones).
+-- KEYS and ARGV 1-4: see lib.lua.
+-- ARGV 5 state: pending, completed, failed or cancelled; 6 batch size.
+-- Returns: how many were deleted; fewer than the batch size means none are left.
+
+local state, batch = ARGV[5], tonumber(ARGV[6])
+local sets = {K_READY, K_DELAYED}
+if state == 'completed' then
+  sets = {K_COMPLETED}
+elseif state == 'failed' then
+  sets = {K_FAILED}
+elseif state == 'cancelled' then
+  sets = {K_CANCELLED}
+end
+local deleted = 0
+for _, set in ipairs(sets) do
+  local ids = redis.call('ZRANGE', set, 0, batch - deleted - 1)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', set, id)
+    redis.call('DEL', PREFIX .. id)
+    redis.call('PUBLISH', CHANNEL, id)
+    deleted = deleted + 1
+  end
+  if deleted >= batch then
+    break
+  end
+end
+return deleted

@@ -1,0 +1,25 @@
+-- requeue.lua: run a final task again from its first attempt.
+-- KEYS and ARGV 1-4: see lib.lua.
+-- ARGV 5 id, 6 delay (ms).
+-- Returns: the task's HGETALL reply, or -1 no such task, -2 not final.
+
+local id, delay = ARGV[5], tonumber(ARGV[6])
+local key = PREFIX .. id
+if not is_task(key) then
+  return -1
+end
+local h = redis.call('HMGET', key, 'status', 'score')
+if h[1] ~= 'completed' and h[1] ~= 'failed' and h[1] ~= 'cancelled' then
+  return -2
+end
+local now = now_ms()
+redis.call('ZREM', K_COMPLETED, id)
+redis.call('ZREM', K_FAILED, id)
+redis.call('ZREM', K_CANCELLED, id)
+redis.call('PERSIST', key)
+redis.call('HDEL', key, 'result', 'error', 'worker', 'started', 'finished', 'cancel',
+  'reason', 'lost')
+local due = now + delay
+redis.call('HSET', key, 'status', 'pending', 'attempts', 0, 'progress', 0, 'due', due)
+schedule(id, h[2], due, now)
+return redis.call('HGETALL', key)
