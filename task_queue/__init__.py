@@ -7,6 +7,8 @@ or on Redis across many.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .broker.base import AbstractBroker, RenewResult
 from .broker.memory import InMemoryBroker
 from .errors import (
@@ -30,6 +32,9 @@ from .service import (
     report_progress,
 )
 
+if TYPE_CHECKING:
+    from .broker.redis import RedisBroker
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -38,6 +43,7 @@ __all__ = [
     "DecodeError",
     "Executor",
     "InMemoryBroker",
+    "RedisBroker",
     "PayloadError",
     "RenewResult",
     "RetryPolicy",
@@ -56,3 +62,12 @@ __all__ = [
     "current_task",
     "report_progress",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisBroker needs redis-py, an optional extra: import it only when it is asked for.
+    if name == "RedisBroker":
+        from .broker.redis import RedisBroker
+
+        return RedisBroker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

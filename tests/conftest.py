@@ -1,12 +1,18 @@
 """Fixtures shared by every test: brokers of each kind, built and cleaned up per test.
 
 `broker_factory(**options)` builds a fresh broker of the kind the test is parametrized
-with; `broker` is one with default options. Every broker kind listed in `BROKER_KINDS`
-runs the whole conformance suite.
+with; `broker` is one with default options. Every kind in `BROKER_KINDS` runs the whole
+conformance suite: the in-memory broker, RedisBroker on fakeredis (scripts run by its
+Lua engine) and RedisBroker on a real Redis at REDIS_URL (default
+redis://127.0.0.1:6379/0), each test under its own key prefix, deleted afterwards.
+Without a reachable Redis the real-Redis cases skip, unless TASK_QUEUE_REQUIRE_REDIS=1
+(set by .ci/run), which makes them fail.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,17 +21,72 @@ import pytest
 from task_queue import AbstractBroker, InMemoryBroker
 
 BrokerFactory = Callable[..., Awaitable[AbstractBroker]]
+Cleanup = Callable[[], Awaitable[Any]]
 
-BROKER_KINDS = ["memory"]
+BROKER_KINDS = ["memory", "redis-fake", "redis-real"]
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_REDIS = os.environ.get("TASK_QUEUE_REQUIRE_REDIS") == "1"
+
+_redis_reachable: bool | None = None
 
 
-async def _make(
-    kind: str, cleanups: list[Callable[[], Awaitable[None]]], **options: Any
-) -> AbstractBroker:
+async def real_redis_available() -> bool:
+    """True when the Redis at REDIS_URL answers PING (asked once per test run)."""
+    global _redis_reachable
+    if _redis_reachable is None:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        try:
+            _redis_reachable = bool(await client.ping())
+        except Exception:
+            _redis_reachable = False
+        finally:
+            await client.aclose()
+    return _redis_reachable
+
+
+async def require_real_redis() -> None:
+    """Skip the test without a real Redis, or fail it when CI requires one."""
+    if not await real_redis_available():
+        message = f"no Redis reachable at {REDIS_URL}"
+        if REQUIRE_REDIS:
+            pytest.fail(f"{message}, and TASK_QUEUE_REQUIRE_REDIS=1")
+        pytest.skip(message)
+
+
+def unique_prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"tqtest-{uuid.uuid4().hex[:12]}"
+
+
+async def make_broker(kind: str, cleanups: list[Cleanup], **options: Any) -> AbstractBroker:
+    """Build a broker of `kind`; what must be undone afterwards goes to `cleanups`."""
     if kind == "memory":
-        broker = InMemoryBroker(**options)
-        cleanups.append(broker.close)
-        return broker
+        memory = InMemoryBroker(**options)
+        cleanups.append(memory.close)
+        return memory
+    from task_queue.broker.redis import RedisBroker
+
+    options.setdefault("prefix", unique_prefix())
+    if kind == "redis-fake":
+        import fakeredis
+
+        server = options.pop("fake_server", None) or fakeredis.FakeServer()
+        client = fakeredis.FakeAsyncRedis(server=server)
+        fake = RedisBroker(client, owns_client=True, **options)
+        cleanups.append(fake.close)
+        return fake
+    if kind == "redis-real":
+        await require_real_redis()
+        real = RedisBroker.from_url(REDIS_URL, **options)
+
+        async def tear_down() -> None:
+            await real.delete_all()
+            await real.close()
+
+        cleanups.append(tear_down)
+        return real
     raise ValueError(f"unknown broker kind {kind!r}")
 
 
@@ -38,10 +99,10 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def broker_factory(broker_kind: str) -> AsyncIterator[BrokerFactory]:
     """Build brokers of the current kind; all are closed and cleaned after the test."""
-    cleanups: list[Callable[[], Awaitable[None]]] = []
+    cleanups: list[Cleanup] = []
 
     async def factory(**options: Any) -> AbstractBroker:
-        return await _make(broker_kind, cleanups, **options)
+        return await make_broker(broker_kind, cleanups, **options)
 
     yield factory
     for cleanup in reversed(cleanups):

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .base import AbstractBroker, RenewResult
 from .memory import InMemoryBroker
 
-__all__ = ["AbstractBroker", "InMemoryBroker", "RenewResult"]
+if TYPE_CHECKING:
+    from .redis import RedisBroker
+
+__all__ = ["AbstractBroker", "InMemoryBroker", "RedisBroker", "RenewResult"]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisBroker needs redis-py, an optional extra: import it only when it is asked for.
+    if name == "RedisBroker":
+        from .redis import RedisBroker
+
+        return RedisBroker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -148,7 +148,9 @@ class AbstractBroker(ABC):
         """Hand a leased task back: ready again at once, the attempt not counted.
 
         Used at shutdown for tasks that were not allowed to finish. A cancel requested
-        meanwhile makes the task CANCELLED instead.
+        meanwhile makes the task CANCELLED instead. The token moves on, so every later
+        report of the old holder is refused. Returns False when `token` does not hold
+        the task's lease.
         """
 
     @abstractmethod

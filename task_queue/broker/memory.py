@@ -390,11 +390,7 @@ class InMemoryBroker(AbstractBroker):
     async def release(self, task_id: str, *, token: int) -> bool:
         """See `AbstractBroker.release`."""
         task = self._tasks.get(task_id)
-        if task is None or task.token != token:
-            return False
-        if task.status is _PENDING:
-            return True
-        if task.status is not _PROCESSING:
+        if task is None or task.token != token or task.status is not _PROCESSING:
             return False
         now = time.time()
         task.attempts -= 1
@@ -404,6 +400,7 @@ class InMemoryBroker(AbstractBroker):
         self._leases.pop(task_id, None)
         task.status = _PENDING
         task.worker_id = None
+        task.token += 1  # fence off the old holder: its token no longer matches
         self._schedule(task, now, now)
         return True
 
@@ -652,4 +649,5 @@ class InMemoryBroker(AbstractBroker):
         self._leases.pop(task.id, None)
         task.status = _PENDING
         task.worker_id = None
+        task.token += 1  # fence off the lost holder
         self._schedule(task, now, now)

@@ -37,6 +37,7 @@ for _, id in ipairs(expired) do
     else
       redis.call('ZREM', K_INFLIGHT, id)
       redis.call('HSET', key, 'status', 'pending', 'lost', h[4] or '')
+      redis.call('HINCRBY', key, 'token', 1)  -- fence off the lost holder
       redis.call('HDEL', key, 'worker')
       redis.call('ZADD', K_READY, h[5], id)
     end

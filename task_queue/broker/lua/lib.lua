@@ -13,8 +13,8 @@
 -- ARGV (the same first four for every script; a script's own arguments start at 5):
 --   1 prefix of task hashes, e.g. "{tq:default}:task:"
 --   2 pub/sub channel told the id of every task that becomes final
---   3 seconds completed and cancelled tasks are kept
---   4 seconds failed tasks are kept
+--   3 milliseconds completed and cancelled tasks are kept
+--   4 milliseconds failed tasks are kept
 -- Task hash fields: data (static JSON), status, attempts, max_attempts, token, score,
 -- due, worker, started, finished, result, error, progress, cancel, reason, lost.
 
@@ -41,7 +41,7 @@ end
 
 -- Drop set members older than the retention; their hashes expire by their own TTL.
 local function trim(set, ttl, now)
-  local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - ttl * 1000, 'LIMIT', 0, TRIM_BATCH)
+  local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - ttl, 'LIMIT', 0, TRIM_BATCH)
   if #old > 0 then
     redis.call('ZREM', set, unpack(old))
   end
@@ -63,7 +63,7 @@ local function finish(id, status, now, extra)
     set = K_CANCELLED
   end
   redis.call('ZADD', set, now, id)
-  redis.call('EXPIRE', key, math.max(1, math.ceil(ttl)))
+  redis.call('PEXPIRE', key, math.max(1, ttl))
   trim(set, ttl, now)
   redis.call('PUBLISH', CHANNEL, id)
 end

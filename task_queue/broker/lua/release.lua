@@ -2,7 +2,8 @@
 -- not counted (cancelled instead when a cancel was requested meanwhile).
 -- KEYS and ARGV 1-4: see lib.lua.
 -- ARGV 5 id, 6 token.
--- Returns: 1 handed back (or already was), 0 refused.
+-- Returns: 1 handed back, 0 refused (stale token, or not processing). The token is
+-- bumped so the old holder's later reports are refused.
 
 local id, token = ARGV[5], ARGV[6]
 local key = PREFIX .. id
@@ -10,13 +11,7 @@ if not is_task(key) then
   return 0
 end
 local h = redis.call('HMGET', key, 'status', 'token', 'cancel', 'score')
-if h[2] ~= token then
-  return 0
-end
-if h[1] == 'pending' then
-  return 1
-end
-if h[1] ~= 'processing' then
+if h[2] ~= token or h[1] ~= 'processing' then
   return 0
 end
 local now = now_ms()
@@ -27,6 +22,7 @@ if h[3] == '1' then
 end
 redis.call('ZREM', K_INFLIGHT, id)
 redis.call('HSET', key, 'status', 'pending')
+redis.call('HINCRBY', key, 'token', 1)
 redis.call('HDEL', key, 'worker')
 schedule(id, h[4], now, now)
 return 1

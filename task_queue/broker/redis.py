@@ -1,0 +1,879 @@
+"""RedisBroker: tasks in Redis sorted sets, changed only by Lua scripts; many processes.
+
+Every key of a queue shares one hash tag, `{prefix:queue}`, so each script touches one
+slot (Redis Cluster works). Times come from Redis `TIME`, one clock for every host. The
+scripts live in `lua/`, one per state change, each with a header naming its keys and
+arguments; `lua/lib.lua` is put in front of each of them.
+
+Needs the `redis` extra: `pip install 'task-queue[redis]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+try:
+    from redis import exceptions as redis_errors
+    from redis.asyncio import Redis
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "RedisBroker needs redis-py: install the extra with pip install 'task-queue[redis]'"
+    ) from exc
+
+from ..codec import dumps, loads
+from ..errors import (
+    BrokerConnectionError,
+    DecodeError,
+    TaskNotFoundError,
+    TaskStateError,
+)
+from ..models import Task, TaskError, TaskStatus
+from .base import AbstractBroker, RenewResult
+
+__all__ = ["RedisBroker", "mask_url"]
+
+logger = logging.getLogger(__name__)
+
+MAX_PRIORITY = 1_000_000
+"""Priorities must lie within +-MAX_PRIORITY so the ready score stays exact."""
+
+_SCRIPTS = (
+    "enqueue",
+    "dequeue",
+    "complete",
+    "fail",
+    "cancel",
+    "release",
+    "renew",
+    "requeue",
+    "progress",
+    "purge",
+)
+_TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+_FINAL_SETS = {
+    TaskStatus.COMPLETED: "completed",
+    TaskStatus.FAILED: "failed",
+    TaskStatus.CANCELLED: "cancelled",
+}
+
+
+def mask_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`, safe to log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" if user else f":***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _load_script(name: str) -> str:
+    folder = resources.files(__package__ or "task_queue.broker") / "lua"
+    prelude = (folder / "lib.lua").read_text(encoding="utf-8")
+    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    return f"{prelude}\n{body}"
+
+
+def _ms_to_dt(value: str | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    return datetime.fromtimestamp(int(float(value)) / 1000, UTC)
+
+
+class RedisBroker(AbstractBroker):
+    """A broker on Redis: any number of producer and worker processes share a queue.
+
+    Build it with `RedisBroker.from_url("redis://...")` or around an existing
+    `redis.asyncio.Redis` client. Tasks of queue `queue` live under keys starting with
+    `{prefix:queue}`; two apps on one server stay apart by prefix. Idle workers block on
+    one Redis connection per process and are woken by enqueues and due times, never by a
+    poll interval. Transient connection errors are retried for `retry_seconds` before
+    `BrokerConnectionError` is raised.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        queue: str = "default",
+        prefix: str = "tq",
+        lease_seconds: float = 30.0,
+        result_ttl: float = 3600.0,
+        dead_letter_ttl: float = 7 * 24 * 3600.0,
+        maintenance_batch: int = 100,
+        max_idle_wait: float = 5.0,
+        retry_seconds: float = 30.0,
+        url: str | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        if not queue or not prefix:
+            raise ValueError("queue and prefix must be non-empty")
+        if any(c in queue + prefix for c in "{}"):
+            raise ValueError("queue and prefix must not contain '{' or '}'")
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        if not result_ttl > 0 or not dead_letter_ttl > 0:
+            raise ValueError("result_ttl and dead_letter_ttl must be > 0")
+        if maintenance_batch < 1:
+            raise ValueError(f"maintenance_batch must be >= 1, got {maintenance_batch}")
+        self.client = client
+        self.queue = queue
+        self.prefix = prefix
+        self.lease_seconds = float(lease_seconds)
+        self.result_ttl = float(result_ttl)
+        self.dead_letter_ttl = float(dead_letter_ttl)
+        self.maintenance_batch = maintenance_batch
+        self.max_idle_wait = float(max_idle_wait)
+        self.retry_seconds = float(retry_seconds)
+        self._url = mask_url(url) if url else self._describe_client(client)
+        self._owns_client = owns_client
+        tag = f"{{{prefix}:{queue}}}"
+        self.base_key = tag
+        self._keys = [
+            f"{tag}:ready",
+            f"{tag}:delayed",
+            f"{tag}:inflight",
+            f"{tag}:failed",
+            f"{tag}:completed",
+            f"{tag}:cancelled",
+            f"{tag}:seq",
+            f"{tag}:wake",
+        ]
+        self._task_prefix = f"{tag}:task:"
+        self._channel = f"{tag}:final"
+        self._common = [
+            self._task_prefix,
+            self._channel,
+            str(max(1, int(self.result_ttl * 1000))),
+            str(max(1, int(self.dead_letter_ttl * 1000))),
+        ]
+        self._sources = {name: _load_script(name) for name in _SCRIPTS}
+        self._shas = {
+            name: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
+            for name, src in self._sources.items()
+        }
+        self._checked = False
+        self._outage_logged = False
+        self._wake_task: asyncio.Task[Any] | None = None
+        self._waiting = 0
+        self._background: set[asyncio.Future[Any]] = set()
+        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed: asyncio.Event | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisBroker:
+        """Connect to the Redis at `url` (`redis://`, `rediss://` for TLS, `unix://`).
+
+        `options` are RedisBroker's keyword arguments (queue, prefix, lease_seconds, ...);
+        a password in the URL is never logged or shown.
+        """
+        client_options = options.pop("client_options", {})
+        client = Redis.from_url(url, **client_options)
+        return cls(client, url=url, owns_client=True, **options)
+
+    @staticmethod
+    def _describe_client(client: Redis) -> str:
+        kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+        host, port, db = kwargs.get("host"), kwargs.get("port"), kwargs.get("db", 0)
+        if host is None:
+            return f"redis (path {kwargs.get('path', '?')}, db {db})"
+        return f"redis://{host}:{port}/{db}"
+
+    def __repr__(self) -> str:
+        return f"RedisBroker(url={self._url!r}, queue={self.queue!r}, prefix={self.prefix!r})"
+
+    # ----------------------------------------------------------------- plumbing
+
+    async def _retrying(self, operation: Any, what: str) -> Any:
+        """Run `operation()` again on transient connection errors, with capped backoff."""
+        started = time.monotonic()
+        delay = 0.05
+        while True:
+            try:
+                result = await operation()
+            except _TRANSIENT as exc:
+                if self._closed:
+                    raise BrokerConnectionError(f"{self._url}: broker closed") from exc
+                if time.monotonic() - started > self.retry_seconds:
+                    raise BrokerConnectionError(
+                        f"Redis at {self._url} unreachable for {self.retry_seconds:g}s "
+                        f"({what}): {exc}"
+                    ) from exc
+                if not self._outage_logged:
+                    self._outage_logged = True
+                    logger.warning(
+                        "Redis at %s unreachable (%s: %s); retrying", self._url, what, exc
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if self._outage_logged:
+                self._outage_logged = False
+                logger.warning("Redis at %s reachable again", self._url)
+            return result
+
+    async def _ensure_checked(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        await self._check_settings()
+
+    async def _check_settings(self) -> None:
+        """Warn when the server's settings can lose tasks (no AOF, evicting keys)."""
+        try:
+            aof = await self.client.config_get("appendonly")
+            policy = await self.client.config_get("maxmemory-policy")
+        except redis_errors.ResponseError:
+            logger.info("cannot read the configuration of Redis at %s; not checked", self._url)
+            return
+        except _TRANSIENT:
+            self._checked = False
+            return
+        aof_value = _text(next(iter(aof.values()), "")) if aof else ""
+        policy_value = _text(next(iter(policy.values()), "")) if policy else ""
+        if aof_value and aof_value != "yes":
+            logger.warning(
+                "Redis at %s runs with appendonly=%s: tasks enqueued since the last snapshot "
+                "are lost if it restarts; set appendonly yes",
+                self._url,
+                aof_value,
+            )
+        if policy_value and policy_value != "noeviction":
+            logger.warning(
+                "Redis at %s runs with maxmemory-policy=%s: it may evict tasks under memory "
+                "pressure; set maxmemory-policy noeviction",
+                self._url,
+                policy_value,
+            )
+
+    async def _script(self, name: str, *args: Any) -> Any:
+        await self._ensure_checked()
+        argv = [*self._common, *args]
+
+        async def run() -> Any:
+            try:
+                return await self.client.evalsha(
+                    self._shas[name], len(self._keys), *self._keys, *argv
+                )
+            except redis_errors.NoScriptError:
+                # The server forgot its scripts (a restart or SCRIPT FLUSH): load and rerun.
+                await self.client.script_load(self._sources[name])
+                return await self.client.evalsha(
+                    self._shas[name], len(self._keys), *self._keys, *argv
+                )
+
+        return await self._retrying(run, name)
+
+    def _task_key(self, task_id: str) -> str:
+        return self._task_prefix + task_id
+
+    # ----------------------------------------------------------------- encoding
+
+    @staticmethod
+    def _static(task: Task) -> tuple[str, str, str]:
+        """The task's unchanging fields as JSON, plus its payload and metadata JSON."""
+        payload = dumps(task.payload, "payload")
+        metadata = dumps(task.metadata, "metadata")
+        head = dumps(
+            {
+                "id": task.id,
+                "name": task.name,
+                "priority": task.priority,
+                "created_at": task.created_at.timestamp(),
+                "max_retries": task.max_retries,
+                "timeout": task.timeout,
+            },
+            "task",
+        )
+        return f'{head[:-1]},"payload":{payload},"metadata":{metadata}}}', payload, metadata
+
+    def _decode(self, fields: Mapping[Any, Any] | Sequence[Any]) -> Task:
+        """Build a Task from a task hash (an HGETALL dict or flat reply list)."""
+        if isinstance(fields, Mapping):
+            h = {_text(k): _text(v) for k, v in fields.items()}
+        else:
+            items = [_text(x) for x in fields]
+            h = dict(zip(items[::2], items[1::2], strict=True))
+        try:
+            static = loads(h["data"])
+            if not isinstance(static, dict):
+                raise DecodeError("task data is not a JSON object")
+            status = TaskStatus(h["status"])
+            attempts = int(h.get("attempts", "0"))
+            max_attempts = int(h.get("max_attempts", "1"))
+            error: TaskError | None = None
+            raw_error = h.get("error", "")
+            if raw_error:
+                e = loads(raw_error)
+                error = TaskError(str(e["type"]), str(e.get("message", "")), e.get("traceback"))
+            elif status is TaskStatus.CANCELLED:
+                error = TaskError("Cancelled", h.get("reason") or "cancelled on request")
+            elif status is TaskStatus.FAILED and "lost" in h:
+                holder = h["lost"] or "unknown worker"
+                error = TaskError(
+                    "LeaseExpired",
+                    f"lease expired on attempt {attempts} of {max_attempts} "
+                    f"(holder {holder} lost)",
+                )
+            result = loads(h["result"]) if "result" in h and h["result"] != "" else None
+            payload = static.get("payload") or {}
+            metadata = static.get("metadata") or {}
+            if not isinstance(payload, dict) or not isinstance(metadata, dict):
+                raise DecodeError("payload and metadata must be JSON objects")
+            due = _ms_to_dt(h.get("due"))
+            created = datetime.fromtimestamp(float(static["created_at"]), UTC)
+            timeout = static.get("timeout")
+            return Task(
+                name=str(static["name"]),
+                payload=payload,
+                priority=int(static.get("priority", 0)),
+                id=str(static["id"]),
+                scheduled_at=due or created,
+                created_at=created,
+                status=status,
+                attempts=attempts,
+                max_retries=int(static.get("max_retries", max_attempts - 1)),
+                timeout=None if timeout is None else float(timeout),
+                result=result,
+                error=error,
+                started_at=_ms_to_dt(h.get("started")),
+                finished_at=_ms_to_dt(h.get("finished")),
+                progress=float(h.get("progress", "0") or 0),
+                metadata=metadata,
+                token=int(h.get("token", "0")),
+                worker_id=h.get("worker") or None,
+                cancel_requested=h.get("cancel") == "1",
+            )
+        except DecodeError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise DecodeError(f"invalid task record: {what}") from None
+
+    # ----------------------------------------------------------------- producing
+
+    def _enqueue_args(self, task: Task, now: float) -> tuple[list[Any], str, str]:
+        if type(task.priority) is not int:
+            raise TypeError(f"priority must be an int, got {task.priority!r}")
+        if abs(task.priority) > MAX_PRIORITY:
+            raise ValueError(f"priority must be within +-{MAX_PRIORITY}, got {task.priority}")
+        data, payload, metadata = self._static(task)
+        delay_ms = max(0, int((task.scheduled_at.timestamp() - now) * 1000))
+        return [task.id, data, task.priority, delay_ms, task.max_retries + 1], payload, metadata
+
+    async def enqueue(self, task: Task) -> Task:
+        """See `AbstractBroker.enqueue`."""
+        return (await self.enqueue_many([task]))[0]
+
+    async def enqueue_many(self, tasks: Sequence[Task]) -> list[Task]:
+        """See `AbstractBroker.enqueue_many`."""
+        if not tasks:
+            return []
+        now = time.time()
+        args: list[Any] = []
+        encoded: list[tuple[str, str]] = []
+        for task in tasks:
+            task_args, payload, metadata = self._enqueue_args(task, now)
+            args.extend(task_args)
+            encoded.append((payload, metadata))
+        flags = await self._script("enqueue", len(tasks), *args)
+        stored: list[Task] = []
+        for task, (payload, metadata), flag in zip(tasks, encoded, flags, strict=True):
+            if int(flag) == 1:
+                stored.append(
+                    Task(
+                        task.name,
+                        loads(payload),
+                        task.priority,
+                        task.id,
+                        task.scheduled_at,
+                        task.created_at,
+                        TaskStatus.PENDING,
+                        0,
+                        task.max_retries,
+                        task.timeout,
+                        metadata=loads(metadata),
+                    )
+                )
+                continue
+            existing = await self.get_task(task.id)
+            if existing is None:  # it expired between the script and this read
+                raise TaskNotFoundError(task.id)
+            stored.append(existing)
+        return stored
+
+    # ----------------------------------------------------------------- consuming
+
+    async def dequeue_many(
+        self,
+        max_tasks: int,
+        timeout: float | None = 0.0,
+        *,
+        worker_id: str | None = None,
+    ) -> list[Task]:
+        """See `AbstractBroker.dequeue_many`."""
+        if max_tasks < 1:
+            raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
+        lease_ms = int(self.lease_seconds * 1000)
+        me = asyncio.current_task()
+        while True:
+            if self._closed:
+                raise BrokerConnectionError(f"{self._url}: broker closed")
+            wait_ms, raw, bad = await self._script(
+                "dequeue", max_tasks, lease_ms, worker_id or "", self.maintenance_batch
+            )
+            if me is not None and me.cancelling() and not raw:
+                # A client library swallowed our cancellation (fakeredis does): honour it.
+                raise asyncio.CancelledError
+            for task_id in bad:
+                logger.error(
+                    "task %s: listed in queue %s but its record is missing or not a hash; dropped",
+                    _text(task_id),
+                    self.queue,
+                    extra={"task_id": _text(task_id)},
+                )
+            leased = [task for task in [await self._accept(r) for r in raw] if task is not None]
+            if leased:
+                return leased
+            if raw:
+                continue  # everything leased was undecodable and is failed now: go again
+            remaining = None if give_up is None else give_up - loop.time()
+            if remaining is not None and remaining <= 0:
+                return []
+            wait = self.max_idle_wait
+            if int(wait_ms) >= 0:
+                wait = min(wait, int(wait_ms) / 1000)
+            if remaining is not None:
+                wait = min(wait, remaining)
+            await self._wait_wake(wait)
+
+    async def _accept(self, raw: Sequence[Any]) -> Task | None:
+        """Decode a leased record; an undecodable one is failed, never handed out."""
+        try:
+            return self._decode(raw)
+        except DecodeError as exc:
+            items = [_text(x) for x in raw]
+            h = dict(zip(items[::2], items[1::2], strict=False))
+            task_id = h.get("data", "")
+            try:
+                task_id = str(loads(h["data"])["id"])
+            except Exception:
+                task_id = ""
+            if not task_id:
+                logger.error("undecodable task record leased and dropped: %s", exc)
+                return None
+            logger.error(
+                "task %s: undecodable record (%s); failed",
+                task_id,
+                exc,
+                extra={"task_id": task_id},
+            )
+            error = dumps({"type": "DecodeError", "message": str(exc), "traceback": None})
+            await self._script("fail", task_id, h.get("token", ""), error, "")
+            return None
+
+    async def _wait_wake(self, wait: float) -> None:
+        """Sleep up to `wait` seconds, or until another process enqueues work."""
+        if wait <= 0:
+            return
+        task = self._wake_task
+        if task is None or task.done():
+            task = asyncio.create_task(self._block_on_wake())
+            task.add_done_callback(self._wake_done)
+            self._wake_task = task
+        self._waiting += 1
+        try:
+            done, _ = await asyncio.wait({task}, timeout=wait)
+        finally:
+            self._waiting -= 1
+        if task in done:
+            self._wake_task = None
+            if not task.cancelled() and task.exception() is not None:
+                # Connection trouble: the next script call retries; don't spin meanwhile.
+                await asyncio.sleep(min(wait, 0.1))
+
+    async def _block_on_wake(self) -> Any:
+        return await self.client.bzpopmin(self._keys[7], timeout=self.max_idle_wait)
+
+    def _wake_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        if task.result() is not None and self._waiting == 0 and not self._closed:
+            # We took the wake-up but nobody here waits any more: pass it on.
+            rewake = asyncio.ensure_future(self._retrying(self._rewake, "wake"))
+            self._background.add(rewake)
+            rewake.add_done_callback(self._background.discard)
+
+    async def _rewake(self) -> None:
+        await self.client.zadd(self._keys[7], {"w": 0})
+
+    async def renew(self, leases: Mapping[str, int]) -> RenewResult:
+        """See `AbstractBroker.renew`; also runs the upkeep of recovery and promotion."""
+        await self._script("dequeue", 0, 0, "", self.maintenance_batch)
+        if not leases:
+            return RenewResult()
+        args: list[Any] = [int(self.lease_seconds * 1000)]
+        ids = list(leases)
+        for task_id in ids:
+            args.extend((task_id, leases[task_id]))
+        codes = await self._script("renew", *args)
+        renewed = {i for i, c in zip(ids, codes, strict=True) if int(c) > 0}
+        cancels = {i for i, c in zip(ids, codes, strict=True) if int(c) == 2}
+        lost = set(ids) - renewed
+        return RenewResult(frozenset(renewed), frozenset(lost), frozenset(cancels))
+
+    def _outcome(self, task_id: str, code: int, token: int | None, what: str) -> bool:
+        if code == 1:
+            return True
+        if code == -1:
+            if token is None:
+                raise TaskNotFoundError(task_id)
+            logger.warning(
+                "task %s: stale holder (token %s) reported %s on a task that is gone",
+                task_id,
+                token,
+                what,
+                extra={"task_id": task_id},
+            )
+            return False
+        if code == -2:
+            raise TaskStateError(f"task {task_id} is already final")
+        logger.warning(
+            "task %s: stale holder (token %s) reported %s; refused",
+            task_id,
+            token,
+            what,
+            extra={"task_id": task_id},
+        )
+        return False
+
+    async def mark_complete(
+        self, task_id: str, result: Any = None, *, token: int | None = None
+    ) -> bool:
+        """See `AbstractBroker.mark_complete`."""
+        encoded = dumps(result, "result")
+        codes = await self._script("complete", task_id, "" if token is None else token, encoded)
+        return self._outcome(task_id, int(codes[0]), token, "completed")
+
+    async def mark_complete_many(self, outcomes: Any) -> list[bool]:
+        """See `AbstractBroker.mark_complete_many`: one round trip for all of them."""
+        items = list(outcomes)
+        if not items:
+            return []
+        encoded = [(i, t, dumps(r, "result")) for i, t, r in items]
+        args: list[Any] = []
+        for task_id, token, value in encoded:
+            args.extend((task_id, token, value))
+        codes = await self._script("complete", *args)
+        return [
+            self._outcome(i, int(c), t, "completed")
+            for (i, t, _), c in zip(items, codes, strict=True)
+        ]
+
+    async def mark_failed(
+        self,
+        task_id: str,
+        error: TaskError | BaseException | str,
+        *,
+        token: int | None = None,
+        retry_in: float | None = None,
+    ) -> bool:
+        """See `AbstractBroker.mark_failed`."""
+        if retry_in is not None and retry_in < 0:
+            raise ValueError(f"retry_in must be >= 0, got {retry_in}")
+        if isinstance(error, BaseException):
+            error = TaskError.from_exception(error)
+        elif not isinstance(error, TaskError):
+            error = TaskError("Error", str(error))
+        encoded = dumps(
+            {"type": error.type, "message": error.message, "traceback": error.traceback},
+            "error",
+        )
+        retry = "" if retry_in is None else int(retry_in * 1000)
+        code = await self._script("fail", task_id, "" if token is None else token, encoded, retry)
+        return self._outcome(task_id, int(code), token, "failed")
+
+    async def mark_cancelled(
+        self, task_id: str, *, token: int | None = None, reason: str | None = None
+    ) -> bool:
+        """See `AbstractBroker.mark_cancelled`."""
+        code = await self._script(
+            "cancel", task_id, "ack", "" if token is None else token, reason or ""
+        )
+        return self._outcome(task_id, int(code), token, "cancelled")
+
+    async def release(self, task_id: str, *, token: int) -> bool:
+        """See `AbstractBroker.release`."""
+        return int(await self._script("release", task_id, token)) == 1
+
+    async def set_progress(
+        self, task_id: str, progress: float, *, token: int | None = None
+    ) -> bool:
+        """See `AbstractBroker.set_progress`."""
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be between 0.0 and 1.0, got {progress}")
+        code = await self._script(
+            "progress", task_id, "" if token is None else token, repr(float(progress))
+        )
+        return int(code) == 1
+
+    # ----------------------------------------------------------------- control
+
+    async def cancel(self, task_id: str, reason: str | None = None) -> bool:
+        """See `AbstractBroker.cancel`."""
+        code = int(await self._script("cancel", task_id, "request", "", reason or ""))
+        if code == -1:
+            raise TaskNotFoundError(task_id)
+        return code == 1
+
+    async def requeue(self, task_id: str, delay_seconds: float = 0.0) -> Task:
+        """See `AbstractBroker.requeue`."""
+        if delay_seconds < 0:
+            raise ValueError(f"delay_seconds must be >= 0, got {delay_seconds}")
+        reply = await self._script("requeue", task_id, int(delay_seconds * 1000))
+        if isinstance(reply, int):
+            if reply == -1:
+                raise TaskNotFoundError(task_id)
+            raise TaskStateError(f"task {task_id} is not final")
+        return self._decode(reply)
+
+    async def purge(self, status: TaskStatus = TaskStatus.PENDING) -> int:
+        """See `AbstractBroker.purge`; deletes in bounded batches."""
+        status = TaskStatus(status)
+        if status is TaskStatus.PROCESSING:
+            raise TaskStateError("running tasks cannot be purged; cancel them instead")
+        batch = 500
+        total = 0
+        while True:
+            deleted = int(await self._script("purge", status.value, batch))
+            total += deleted
+            if deleted < batch:
+                return total
+
+    # ----------------------------------------------------------------- reading
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """See `AbstractBroker.get_task`."""
+        key = self._task_key(task_id)
+
+        async def read() -> Any:
+            return await self.client.hgetall(key)
+
+        try:
+            fields = await self._retrying(read, "get_task")
+        except redis_errors.ResponseError as exc:  # WRONGTYPE: not a task hash
+            raise DecodeError(f"task {task_id}: key {key} does not hold a task ({exc})") from None
+        if not fields:
+            return None
+        return self._decode(fields)
+
+    async def _tasks(self, ids: Sequence[str]) -> list[Task]:
+        if not ids:
+            return []
+
+        async def read() -> Any:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for task_id in ids:
+                    pipe.hgetall(self._task_key(task_id))
+                return await pipe.execute(raise_on_error=False)
+
+        replies = await self._retrying(read, "read tasks")
+        tasks = []
+        for task_id, fields in zip(ids, replies, strict=True):
+            if not fields or isinstance(fields, Exception):
+                continue
+            try:
+                tasks.append(self._decode(fields))
+            except DecodeError as exc:
+                logger.error(
+                    "task %s: undecodable record skipped (%s)",
+                    task_id,
+                    exc,
+                    extra={"task_id": task_id},
+                )
+        return tasks
+
+    async def list_tasks(
+        self, status: TaskStatus | None = None, *, limit: int = 100
+    ) -> list[Task]:
+        """See `AbstractBroker.list_tasks`."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        if limit == 0:
+            return []
+        wanted = None if status is None else TaskStatus(status)
+        keys = self._status_sets(wanted)
+
+        async def read() -> Any:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrange(key, 0, limit - 1)
+                return await pipe.execute()
+
+        groups = await self._retrying(read, "list_tasks")
+        ids = list(dict.fromkeys(_text(i) for group in groups for i in group))
+        tasks = [t for t in await self._tasks(ids) if wanted is None or t.status is wanted]
+        tasks.sort(key=lambda t: t.created_at)
+        return tasks[:limit]
+
+    def _status_sets(self, status: TaskStatus | None) -> list[str]:
+        ready, delayed, inflight, failed, completed, cancelled = self._keys[:6]
+        by_status = {
+            TaskStatus.PENDING: [ready, delayed],
+            TaskStatus.PROCESSING: [inflight],
+            TaskStatus.COMPLETED: [completed],
+            TaskStatus.FAILED: [failed],
+            TaskStatus.CANCELLED: [cancelled],
+        }
+        if status is None:
+            return [k for keys in by_status.values() for k in keys]
+        return by_status[status]
+
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        """See `AbstractBroker.count_tasks`."""
+        now_ms = int(time.time() * 1000)
+        result_floor = now_ms - int(self.result_ttl * 1000)
+        dead_floor = now_ms - int(self.dead_letter_ttl * 1000)
+        ready, delayed, inflight, failed, completed, cancelled = self._keys[:6]
+
+        async def read() -> Any:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zcard(ready)
+                pipe.zcard(delayed)
+                pipe.zcard(inflight)
+                pipe.zcount(completed, result_floor, "+inf")
+                pipe.zcount(failed, dead_floor, "+inf")
+                pipe.zcount(cancelled, result_floor, "+inf")
+                return await pipe.execute()
+
+        r, d, i, c, f, x = await self._retrying(read, "count_tasks")
+        return {
+            TaskStatus.PENDING: int(r) + int(d),
+            TaskStatus.PROCESSING: int(i),
+            TaskStatus.COMPLETED: int(c),
+            TaskStatus.FAILED: int(f),
+            TaskStatus.CANCELLED: int(x),
+        }
+
+    # ----------------------------------------------------------------- waiting for results
+
+    async def wait_for(self, task_id: str, timeout: float | None = None) -> Task:
+        """See `AbstractBroker.wait_for`: blocks on a pub/sub notification, no polling."""
+        async with asyncio.timeout(timeout):
+            await self._ensure_listener()
+            while True:
+                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                watchers = self._watchers.setdefault(task_id, [])
+                watchers.append(future)
+                try:
+                    task = await self.get_task(task_id)
+                    if task is None:
+                        raise TaskNotFoundError(task_id)
+                    if task.is_final:
+                        return task
+                    await future
+                finally:
+                    if future in watchers:
+                        watchers.remove(future)
+                    if not watchers and self._watchers.get(task_id) is watchers:
+                        del self._watchers[task_id]
+
+    async def _ensure_listener(self) -> None:
+        if self._subscribed is None:
+            self._subscribed = asyncio.Event()
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="task-queue-final-listener")
+        await self._subscribed.wait()
+
+    async def _listen(self) -> None:
+        subscribed = self._subscribed
+        assert subscribed is not None
+        delay = 0.05
+        while not self._closed:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                while True:
+                    message = await pubsub.get_message(timeout=self.max_idle_wait)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        subscribed.set()
+                        delay = 0.05
+                        self._wake_watchers(None)  # recheck: we may have missed news
+                    elif message["type"] == "message":
+                        self._wake_watchers(_text(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("final-state listener lost its connection: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                subscribed.clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _wake_watchers(self, task_id: str | None) -> None:
+        if task_id is None:
+            groups = list(self._watchers.values())
+        else:
+            groups = [self._watchers.get(task_id, [])]
+        for group in groups:
+            for future in group:
+                if not future.done():
+                    future.set_result(None)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def close(self) -> None:
+        """Stop waiting calls and close the connection pool when this broker made it."""
+        self._closed = True
+        for task in (self._wake_task, self._listener):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._wake_task = None
+        self._listener = None
+        self._wake_watchers(None)
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def delete_all(self) -> int:
+        """Delete every key of this queue (tests and tear-down); returns how many.
+
+        Walks the queue's own sets, so it never scans the server's keyspace.
+        """
+        ids: set[str] = set()
+        for key in self._keys[:6]:
+            ids.update(_text(i) for i in await self.client.zrange(key, 0, -1))
+        keys = [self._task_key(i) for i in ids] + self._keys
+        deleted = 0
+        for start in range(0, len(keys), 500):
+            deleted += int(await self.client.delete(*keys[start : start + 500]))
+        return deleted
