@@ -168,6 +168,8 @@ class TaskQueueService:
         self._fetcher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
+        self._acks: list[tuple[str, int, Any, asyncio.Future[bool]]] = []
+        self._ack_flusher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(sorted(self._executors))
@@ -607,7 +609,7 @@ class TaskQueueService:
     async def _settle_success(self, lease: _Lease, result: Any) -> None:
         task = lease.task
         try:
-            accepted = await self.broker.mark_complete(task.id, result, token=lease.token)
+            accepted = await self._complete(lease, result)
         except PayloadError as exc:
             error = TaskError.from_exception(exc)
             await self._settle_failure(lease, error, retry=False)
@@ -626,6 +628,44 @@ class TaskQueueService:
         self._forget(lease)
         if accepted and logger.isEnabledFor(logging.INFO):
             logger.info("task %s [%s] completed", task.id, task.name, extra=_log_extra(task))
+
+    async def _complete(self, lease: _Lease, result: Any) -> bool:
+        if not self.broker.batches_acks:
+            return await self.broker.mark_complete(lease.task.id, result, token=lease.token)
+        # Acks queue up while a batch is in flight and go out together in the next one.
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._acks.append((lease.task.id, lease.token, result, future))
+        if self._ack_flusher is None or self._ack_flusher.done():
+            self._ack_flusher = asyncio.create_task(self._flush_acks(), name="task-queue-acks")
+        return await future
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            try:
+                accepted = await self.broker.mark_complete_many(
+                    [(task_id, token, result) for task_id, token, result, _ in batch]
+                )
+            except PayloadError:
+                # One result cannot be stored: settle them one by one so the rest land.
+                for task_id, token, result, future in batch:
+                    try:
+                        ok = await self.broker.mark_complete(task_id, result, token=token)
+                    except Exception as exc:
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        if not future.done():
+                            future.set_result(ok)
+                continue
+            except Exception as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), ok in zip(batch, accepted, strict=True):
+                if not future.done():
+                    future.set_result(ok)
 
     async def _settle_failure(self, lease: _Lease, error: TaskError, *, retry: bool) -> None:
         task = lease.task

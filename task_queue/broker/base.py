@@ -53,10 +53,12 @@ class AbstractBroker(ABC):
     """Storage and atomic state changes of tasks, shared by producers and workers.
 
     `lease_seconds` is how long a lease lasts without renewal; workers renew every third
-    of it.
+    of it. A broker with `batches_acks` gets its workers' successes in batches.
     """
 
     lease_seconds: float = 30.0
+    batches_acks: bool = False
+    """True when the broker prefers many acks in one `mark_complete_many` call."""
 
     # ----------------------------------------------------------------- producing
 

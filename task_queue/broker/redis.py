@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 try:
     from redis import exceptions as redis_errors
-    from redis.asyncio import Redis
+    from redis.asyncio import BlockingConnectionPool, Redis
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "RedisBroker needs redis-py: install the extra with pip install 'task-queue[redis]'"
@@ -137,6 +137,7 @@ class RedisBroker(AbstractBroker):
             raise ValueError("result_ttl and dead_letter_ttl must be > 0")
         if maintenance_batch < 1:
             raise ValueError(f"maintenance_batch must be >= 1, got {maintenance_batch}")
+        self.batches_acks = True
         self.client = client
         self.queue = queue
         self.prefix = prefix
@@ -190,8 +191,14 @@ class RedisBroker(AbstractBroker):
         `options` are RedisBroker's keyword arguments (queue, prefix, lease_seconds, ...);
         a password in the URL is never logged or shown.
         """
-        client_options = options.pop("client_options", {})
-        client = Redis.from_url(url, **client_options)
+        client_options = {
+            "max_connections": 64,
+            "timeout": 30,
+            **options.pop("client_options", {}),
+        }
+        # A blocking pool makes a burst of callers wait for a connection instead of failing.
+        pool = BlockingConnectionPool.from_url(url, **client_options)
+        client = Redis.from_pool(pool)
         return cls(client, url=url, owns_client=True, **options)
 
     @staticmethod
