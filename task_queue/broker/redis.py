@@ -287,7 +287,7 @@ class RedisBroker(AbstractBroker):
                 )
             except redis_errors.NoScriptError:
                 # The server forgot its scripts (a restart or SCRIPT FLUSH): load and rerun.
-                await self.client.script_load(self._sources[name])
+                self._shas[name] = _text(await self.client.script_load(self._sources[name]))
                 return await self.client.evalsha(
                     self._shas[name], len(self._keys), *self._keys, *argv
                 )
@@ -486,11 +486,7 @@ class RedisBroker(AbstractBroker):
         except DecodeError as exc:
             items = [_text(x) for x in raw]
             h = dict(zip(items[::2], items[1::2], strict=False))
-            task_id = h.get("data", "")
-            try:
-                task_id = str(loads(h["data"])["id"])
-            except Exception:
-                task_id = ""
+            task_id = h.get("id", "")
             if not task_id:
                 logger.error("undecodable task record leased and dropped: %s", exc)
                 return None

@@ -18,7 +18,7 @@ for i = 0, n - 1 do
     local seq = redis.call('INCR', K_SEQ) % 4294967296
     local score = priority * 4294967296 + seq
     local due = now + math.max(0, delay)
-    redis.call('HSET', key, 'data', data, 'status', 'pending', 'attempts', 0,
+    redis.call('HSET', key, 'id', id, 'data', data, 'status', 'pending', 'attempts', 0,
       'max_attempts', ARGV[base + 4], 'token', 0, 'score', score, 'due', due,
       'progress', 0)
     schedule(id, score, due, now)

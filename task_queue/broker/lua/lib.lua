@@ -15,7 +15,7 @@
 --   2 pub/sub channel told the id of every task that becomes final
 --   3 milliseconds completed and cancelled tasks are kept
 --   4 milliseconds failed tasks are kept
--- Task hash fields: data (static JSON), status, attempts, max_attempts, token, score,
+-- Task hash fields: id, data (static JSON), status, attempts, max_attempts, token, score,
 -- due, worker, started, finished, result, error, progress, cancel, reason, lost.
 
 local K_READY, K_DELAYED, K_INFLIGHT = KEYS[1], KEYS[2], KEYS[3]

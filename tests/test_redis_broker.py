@@ -1,0 +1,279 @@
+"""What only RedisBroker has: keys, scripts, waking across processes, bad records, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from task_queue import BrokerConnectionError, Task, TaskQueueService, TaskStatus
+from task_queue.broker.redis import RedisBroker, mask_url
+from tests.conftest import REDIS_URL, BrokerFactory, require_real_redis, unique_prefix
+
+REDIS_KINDS = pytest.mark.parametrize("broker_kind", ["redis-fake", "redis-real"])
+
+
+async def pair(broker_factory: BrokerFactory, **options: Any) -> tuple[RedisBroker, RedisBroker]:
+    """Two brokers on one queue, as two processes would have."""
+    first = await broker_factory(**options)
+    assert isinstance(first, RedisBroker)
+    if first.client.__class__.__name__.startswith("Fake"):
+        import fakeredis
+
+        server = first.client.connection_pool.connection_kwargs["server"]
+        second_client = fakeredis.FakeAsyncRedis(server=server)
+        second = RedisBroker(second_client, prefix=first.prefix, owns_client=True, **options)
+    else:
+        second = RedisBroker.from_url(REDIS_URL, prefix=first.prefix, **options)
+    return first, second
+
+
+# ------------------------------------------------------------------ secrets and URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("rediss://user:s3cret@host:6380/2", "rediss://user:***@host:6380/2"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://user:p%40ss@[::1]:6379", "redis://user:***@[::1]:6379"),
+    ],
+)
+def test_mask_url_hides_passwords(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+async def test_tls_url_is_accepted_and_password_never_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = RedisBroker.from_url("rediss://app:s3cret@127.0.0.1:1/0", retry_seconds=0.2)
+    assert "s3cret" not in repr(broker)
+    pool_kwargs = broker.client.connection_pool.connection_kwargs
+    assert pool_kwargs["password"] == "s3cret"
+    assert broker.client.connection_pool.connection_class.__name__ == "SSLConnection"
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(BrokerConnectionError) as info:
+        await broker.count_tasks()
+    assert "s3cret" not in str(info.value)
+    assert "***" in str(info.value)
+    assert "s3cret" not in caplog.text
+    await broker.close()
+
+
+async def test_unreachable_redis_raises_a_connection_error_naming_it() -> None:
+    broker = RedisBroker.from_url("redis://:pw@127.0.0.1:1/0", retry_seconds=0.2)
+    service = TaskQueueService(broker, check_names=False)
+    with pytest.raises(BrokerConnectionError, match=r"127\.0\.0\.1:1"):
+        await service.add_task("anything")
+    await broker.close()
+
+
+# ------------------------------------------------------------------ keys
+
+
+@REDIS_KINDS
+async def test_every_key_shares_one_hash_tag(broker: RedisBroker) -> None:
+    await broker.enqueue(Task("job"))
+    await broker.enqueue(Task("job", scheduled_at=datetime(2100, 1, 1, tzinfo=UTC)))
+    got = await broker.dequeue()
+    assert got is not None
+    await broker.mark_complete(got.id, token=got.token)
+    tag = broker.base_key
+    keys: list[str] = []
+    async for key in broker.client.scan_iter(match=f"{tag}*"):
+        keys.append(key.decode())
+    assert keys
+    assert all(key.startswith(tag) for key in keys)
+    assert tag == f"{{{broker.prefix}:default}}"
+
+
+@REDIS_KINDS
+async def test_prefixes_keep_two_apps_apart(broker_factory: BrokerFactory) -> None:
+    one = await broker_factory()
+    other = await broker_factory()
+    await one.enqueue(Task("job", id="same-id", payload={"app": 1}))
+    await other.enqueue(Task("job", id="same-id", payload={"app": 2}))
+    a, b = await one.dequeue(), await other.dequeue()
+    assert a is not None and a.payload == {"app": 1}
+    assert b is not None and b.payload == {"app": 2}
+
+
+@REDIS_KINDS
+async def test_final_tasks_get_a_ttl_and_dead_letters_a_longer_one(
+    broker_factory: BrokerFactory,
+) -> None:
+    broker = await broker_factory(result_ttl=60, dead_letter_ttl=600)
+    assert isinstance(broker, RedisBroker)
+    await broker.enqueue_many([Task("ok"), Task("bad")])
+    ok, bad = await broker.dequeue_many(2)
+    await broker.mark_complete(ok.id, token=ok.token)
+    await broker.mark_failed(bad.id, "boom", token=bad.token)
+    ok_ttl = await broker.client.pttl(f"{broker.base_key}:task:{ok.id}")
+    bad_ttl = await broker.client.pttl(f"{broker.base_key}:task:{bad.id}")
+    assert 0 < ok_ttl <= 60_000
+    assert 60_000 < bad_ttl <= 600_000
+
+
+@REDIS_KINDS
+async def test_scripts_are_reloaded_after_the_server_forgets_them(broker: RedisBroker) -> None:
+    await broker.enqueue(Task("job"))
+    if broker.client.__class__.__name__.startswith("Fake"):
+        await broker.client.script_flush()
+    else:
+        # Never flush a shared server's scripts: make this broker forget instead.
+        broker._shas = {name: "0" * 40 for name in broker._shas}
+        broker._shas["dequeue"] = "f" * 40
+    got = await broker.dequeue()
+    assert got is not None
+
+
+# ------------------------------------------------------------------ waking
+
+
+@REDIS_KINDS
+async def test_idle_dequeue_is_woken_by_another_process(broker_factory: BrokerFactory) -> None:
+    consumer, producer = await pair(broker_factory, max_idle_wait=5.0)
+    try:
+        waiting = asyncio.create_task(consumer.dequeue(timeout=10))
+        await asyncio.sleep(0.2)  # let the consumer block on its wake-up key
+        started = time.perf_counter()
+        task = await producer.enqueue(Task("job"))
+        got = await asyncio.wait_for(waiting, 5)
+        assert got is not None and got.id == task.id
+        assert time.perf_counter() - started < 1.0  # far below the 5 s idle wait
+    finally:
+        await producer.close()
+
+
+@REDIS_KINDS
+async def test_delayed_task_is_handed_out_when_due(broker: RedisBroker) -> None:
+    task = Task("job", scheduled_at=Task("x").scheduled_at)
+    task.scheduled_at = task.scheduled_at.fromtimestamp(
+        time.time() + 0.3, task.scheduled_at.tzinfo
+    )
+    await broker.enqueue(task)
+    got = await broker.dequeue(timeout=5)
+    late = time.time() - task.scheduled_at.timestamp()
+    assert got is not None and got.id == task.id
+    assert -0.01 <= late < 0.25
+
+
+@REDIS_KINDS
+async def test_result_wait_is_woken_from_another_process(broker_factory: BrokerFactory) -> None:
+    waiter, worker = await pair(broker_factory)
+    try:
+        task = await waiter.enqueue(Task("job"))
+        waiting = asyncio.create_task(waiter.wait_for(task.id, timeout=10))
+        leased = await worker.dequeue()
+        assert leased is not None
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await worker.mark_complete(task.id, {"v": 1}, token=leased.token)
+        done = await asyncio.wait_for(waiting, 5)
+        assert done.status is TaskStatus.COMPLETED and done.result == {"v": 1}
+    finally:
+        await worker.close()
+
+
+@REDIS_KINDS
+async def test_cancel_from_another_process_stops_the_running_task(
+    broker_factory: BrokerFactory,
+) -> None:
+    runner_broker, other = await pair(broker_factory, lease_seconds=0.6)
+    started = asyncio.Event()
+
+    async def forever(task: Task) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    runner = TaskQueueService(runner_broker, {"forever": forever})
+    try:
+        runner.start_workers(1)
+        task = await runner.add_task("forever")
+        await asyncio.wait_for(started.wait(), 5)
+        began = time.perf_counter()
+        assert await other.cancel(task.id, reason="from elsewhere")
+        final = await other.wait_for(task.id, timeout=5)
+        assert final.status is TaskStatus.CANCELLED
+        assert final.error is not None and final.error.message == "from elsewhere"
+        assert time.perf_counter() - began < 0.6  # within one heartbeat (lease / 3)
+    finally:
+        await runner.shutdown(grace=0)
+        await other.close()
+
+
+@REDIS_KINDS
+async def test_progress_is_visible_from_another_process(broker_factory: BrokerFactory) -> None:
+    one, two = await pair(broker_factory)
+    try:
+        await one.enqueue(Task("job"))
+        got = await one.dequeue()
+        assert got is not None
+        await one.set_progress(got.id, 0.4, token=got.token)
+        seen = await two.get_task(got.id)
+        assert seen is not None and seen.progress == 0.4
+    finally:
+        await two.close()
+
+
+# ------------------------------------------------------------------ bad records
+
+
+@REDIS_KINDS
+async def test_undecodable_record_is_failed_and_never_handed_out(
+    broker: RedisBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken, fine = Task("job"), Task("job")
+    await broker.enqueue_many([broken, fine])
+    await broker.client.hset(f"{broker.base_key}:task:{broken.id}", "data", "{not json")
+    got = await broker.dequeue_many(5)
+    assert [t.id for t in got] == [fine.id]
+    raw = await broker.client.hgetall(f"{broker.base_key}:task:{broken.id}")
+    assert raw[b"status"] == b"failed"
+    assert b"DecodeError" in raw[b"error"]
+    assert "undecodable" in caplog.text
+
+
+@REDIS_KINDS
+async def test_queue_entries_without_a_task_are_dropped(
+    broker: RedisBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    ready = f"{broker.base_key}:ready"
+    await broker.client.zadd(ready, {"ghost": 0})
+    await broker.client.set(f"{broker.base_key}:task:wrong-type", "a string")
+    await broker.client.zadd(ready, {"wrong-type": 1})
+    real = await broker.enqueue(Task("job"))
+    got = await broker.dequeue_many(5)
+    assert [t.id for t in got] == [real.id]
+    assert "ghost" in caplog.text and "wrong-type" in caplog.text
+    assert await broker.client.zcard(ready) == 0
+    await broker.client.delete(f"{broker.base_key}:task:wrong-type")
+
+
+@REDIS_KINDS
+async def test_priority_out_of_range_is_refused(broker: RedisBroker) -> None:
+    with pytest.raises(ValueError, match="priority"):
+        await broker.enqueue(Task("job", priority=10**7))
+
+
+# ------------------------------------------------------------------ settings check
+
+
+async def test_unsafe_settings_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    await require_real_redis()
+    broker = RedisBroker.from_url(REDIS_URL, prefix=unique_prefix())
+    try:
+        aof = next(iter((await broker.client.config_get("appendonly")).values()))
+        policy = next(iter((await broker.client.config_get("maxmemory-policy")).values()))
+        await broker.count_tasks()
+        await broker.enqueue(Task("job"))
+        assert ("appendonly" in caplog.text) == (aof not in ("yes", b"yes"))
+        assert ("maxmemory-policy" in caplog.text) == (policy not in ("noeviction", b"noeviction"))
+    finally:
+        await broker.delete_all()
+        await broker.close()
