@@ -23,8 +23,8 @@ demo: $(VENV)/.core  ## run the demo on the in-memory broker
 test: lint typecheck unit  ## ruff, mypy --strict and the test suite
 
 lint: $(VENV)/.dev
-	$(PY) -m ruff check task_queue tests benchmarks examples
-	$(PY) -m ruff format --check task_queue tests benchmarks examples
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 typecheck: $(VENV)/.dev
 	$(PY) -m mypy --strict task_queue
