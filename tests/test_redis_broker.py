@@ -42,6 +42,7 @@ async def pair(broker_factory: BrokerFactory, **options: Any) -> tuple[RedisBrok
         ("rediss://user:s3cret@host:6380/2", "rediss://user:***@host:6380/2"),
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("redis://user:p%40ss@[::1]:6379", "redis://user:***@[::1]:6379"),
+        ("redis://host/0?password=s3cret&db=1", "redis://host/0?password=***&db=1"),
     ],
 )
 def test_mask_url_hides_passwords(url: str, masked: str) -> None:
@@ -70,6 +71,24 @@ async def test_unreachable_redis_raises_a_connection_error_naming_it() -> None:
     service = TaskQueueService(broker, check_names=False)
     with pytest.raises(BrokerConnectionError, match=r"127\.0\.0\.1:1"):
         await service.add_task("anything")
+    await broker.close()
+
+
+async def test_refused_credentials_fail_at_once_without_retrying() -> None:
+    from redis.exceptions import AuthenticationError
+
+    broker = RedisBroker.from_url("redis://:wrong@127.0.0.1:1/0", retry_seconds=30)
+    calls = 0
+
+    async def refused() -> None:
+        nonlocal calls
+        calls += 1
+        raise AuthenticationError("invalid username-password pair")
+
+    started = time.perf_counter()
+    with pytest.raises(BrokerConnectionError, match="refused the credentials"):
+        await broker._retrying(refused, "test")
+    assert calls == 1 and time.perf_counter() - started < 1
     await broker.close()
 
 

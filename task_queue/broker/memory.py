@@ -97,7 +97,8 @@ class InMemoryBroker(AbstractBroker):
         self.dead_letter_ttl = float(dead_letter_ttl)
         self._batch = maintenance_batch
         self._tasks: dict[str, Task] = {}
-        self._ready: list[tuple[int, int, str]] = []
+        self._ready: list[tuple[int, int, int, str]] = []
+        self._order: dict[str, int] = {}
         self._delayed: list[tuple[float, int, str]] = []
         self._queued: dict[str, int] = {}
         self._leases: dict[str, float] = {}
@@ -154,11 +155,15 @@ class InMemoryBroker(AbstractBroker):
         return _snapshot(task)
 
     def _schedule(self, task: Task, due: float, now: float) -> None:
+        # `order` is fixed at the first enqueue, so a task handed back or retried keeps its
+        # place among equal priorities; `seq` changes every time and tells a live heap
+        # entry from stale ones.
         self._seq += 1
         seq = self._seq
         self._queued[task.id] = seq
+        order = self._order.setdefault(task.id, seq)
         if due <= now:
-            heapq.heappush(self._ready, (task.priority, seq, task.id))
+            heapq.heappush(self._ready, (task.priority, order, seq, task.id))
             self._signal(now)
         else:
             heapq.heappush(self._delayed, (due, seq, task.id))
@@ -246,7 +251,7 @@ class InMemoryBroker(AbstractBroker):
         started = datetime.fromtimestamp(now, UTC)
         leased: list[Task] = []
         while ready and len(leased) < max_tasks:
-            _, seq, task_id = heapq.heappop(ready)
+            _, _, seq, task_id = heapq.heappop(ready)
             if queued.get(task_id) != seq:
                 continue
             del queued[task_id]
@@ -476,6 +481,7 @@ class InMemoryBroker(AbstractBroker):
         doomed = [t.id for t in self._tasks.values() if t.status is status]
         for task_id in doomed:
             del self._tasks[task_id]
+            self._order.pop(task_id, None)
             self._queued.pop(task_id, None)
             self._expires.pop(task_id, None)
             self._cancel_reasons.pop(task_id, None)
@@ -483,8 +489,8 @@ class InMemoryBroker(AbstractBroker):
                 if not future.done():
                     future.set_result(None)
         if status is _PENDING:
-            self._ready = [e for e in self._ready if e[2] in self._queued]
-            self._delayed = [e for e in self._delayed if e[2] in self._queued]
+            self._ready = [e for e in self._ready if e[-1] in self._queued]
+            self._delayed = [e for e in self._delayed if e[-1] in self._queued]
             heapq.heapify(self._ready)
             heapq.heapify(self._delayed)
         return len(doomed)
@@ -593,7 +599,8 @@ class InMemoryBroker(AbstractBroker):
             while delayed and delayed[0][0] <= now and budget:
                 _, seq, task_id = heapq.heappop(delayed)
                 if queued.get(task_id) == seq:
-                    heapq.heappush(self._ready, (self._tasks[task_id].priority, seq, task_id))
+                    entry = (self._tasks[task_id].priority, self._order[task_id], seq, task_id)
+                    heapq.heappush(self._ready, entry)
                     budget -= 1
         deadlines = self._deadlines
         if deadlines and deadlines[0][0] <= now:
@@ -617,6 +624,7 @@ class InMemoryBroker(AbstractBroker):
                 if self._expires.get(task_id) == expire_at:
                     del self._expires[task_id]
                     del self._tasks[task_id]
+                    self._order.pop(task_id, None)
                     budget -= 1
 
     def _recover(self, task: Task, now: float) -> None:

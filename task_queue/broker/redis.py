@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -59,6 +60,7 @@ _SCRIPTS = (
     "purge",
 )
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+_REFUSED = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
 _FINAL_SETS = {
     TaskStatus.COMPLETED: "completed",
     TaskStatus.FAILED: "failed",
@@ -67,25 +69,58 @@ _FINAL_SETS = {
 
 
 def mask_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`, safe to log."""
+    """Return `url` with any password (in the user part or the query) replaced by `***`."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" if user else f":***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}" if user else f":***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _text_lenient(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _split_ids(message: Any) -> list[str]:
+    """Split a final-state notification: ids each written as "<byte length>:<id>"."""
+    data = message if isinstance(message, bytes) else str(message).encode()
+    ids: list[str] = []
+    at = 0
+    while at < len(data):
+        colon = data.index(b":", at)
+        length = int(data[at:colon])
+        ids.append(data[colon + 1 : colon + 1 + length].decode(errors="replace"))
+        at = colon + 1 + length
+    return ids
+
+
+_LEASE_FIELDS = (
+    "id",
+    "data",
+    "status",
+    "attempts",
+    "max_attempts",
+    "token",
+    "due",
+    "error",
+    "progress",
+    "cancel",
+    "started",
+)
 
 
 def _load_script(name: str) -> str:
@@ -137,6 +172,10 @@ class RedisBroker(AbstractBroker):
             raise ValueError("result_ttl and dead_letter_ttl must be > 0")
         if maintenance_batch < 1:
             raise ValueError(f"maintenance_batch must be >= 1, got {maintenance_batch}")
+        if not max_idle_wait > 0:
+            raise ValueError(f"max_idle_wait must be > 0, got {max_idle_wait}")
+        if retry_seconds < 0:
+            raise ValueError(f"retry_seconds must be >= 0, got {retry_seconds}")
         self.batches_acks = True
         self.client = client
         self.queue = queue
@@ -203,7 +242,8 @@ class RedisBroker(AbstractBroker):
 
     @staticmethod
     def _describe_client(client: Redis) -> str:
-        kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+        pool = getattr(client, "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", {})
         host, port, db = kwargs.get("host"), kwargs.get("port"), kwargs.get("db", 0)
         if host is None:
             return f"redis (path {kwargs.get('path', '?')}, db {db})"
@@ -221,6 +261,10 @@ class RedisBroker(AbstractBroker):
         while True:
             try:
                 result = await operation()
+            except _REFUSED as exc:
+                raise BrokerConnectionError(
+                    f"Redis at {self._url} refused the credentials ({what}): {exc}"
+                ) from exc
             except _TRANSIENT as exc:
                 if self._closed:
                     raise BrokerConnectionError(f"{self._url}: broker closed") from exc
@@ -319,11 +363,14 @@ class RedisBroker(AbstractBroker):
 
     def _decode(self, fields: Mapping[Any, Any] | Sequence[Any]) -> Task:
         """Build a Task from a task hash (an HGETALL dict or flat reply list)."""
-        if isinstance(fields, Mapping):
-            h = {_text(k): _text(v) for k, v in fields.items()}
-        else:
-            items = [_text(x) for x in fields]
-            h = dict(zip(items[::2], items[1::2], strict=True))
+        try:
+            if isinstance(fields, Mapping):
+                h = {_text(k): _text(v) for k, v in fields.items()}
+            else:
+                items = [_text(x) for x in fields]
+                h = dict(zip(items[::2], items[1::2], strict=True))
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"task record is not UTF-8: {exc}") from None
         try:
             static = loads(h["data"])
             if not isinstance(static, dict):
@@ -371,7 +418,7 @@ class RedisBroker(AbstractBroker):
                 progress=float(h.get("progress", "0") or 0),
                 metadata=metadata,
                 token=int(h.get("token", "0")),
-                worker_id=h.get("worker") or None,
+                worker_id=(h.get("worker") or None) if status is TaskStatus.PROCESSING else None,
                 cancel_requested=h.get("cancel") == "1",
             )
         except DecodeError:
@@ -451,19 +498,12 @@ class RedisBroker(AbstractBroker):
         while True:
             if self._closed:
                 raise BrokerConnectionError(f"{self._url}: broker closed")
-            wait_ms, raw, bad = await self._script(
-                "dequeue", max_tasks, lease_ms, worker_id or "", self.maintenance_batch
-            )
-            if me is not None and me.cancelling() and not raw:
-                # A client library swallowed our cancellation (fakeredis does): honour it.
+            wait_ms, raw = await self._lease(max_tasks, lease_ms, worker_id or "")
+            if me is not None and me.cancelling():
+                # Cancelled while the script ran (or a client library such as fakeredis
+                # swallowed the cancellation): hand back what was leased, then stop.
+                await self._hand_back(raw)
                 raise asyncio.CancelledError
-            for task_id in bad:
-                logger.error(
-                    "task %s: listed in queue %s but its record is missing or not a hash; dropped",
-                    _text(task_id),
-                    self.queue,
-                    extra={"task_id": _text(task_id)},
-                )
             leased = [task for task in [await self._accept(r) for r in raw] if task is not None]
             if leased:
                 return leased
@@ -479,17 +519,60 @@ class RedisBroker(AbstractBroker):
                 wait = min(wait, remaining)
             await self._wait_wake(wait)
 
-    async def _accept(self, raw: Sequence[Any]) -> Task | None:
-        """Decode a leased record; an undecodable one is failed, never handed out."""
+    async def _lease(self, max_tasks: int, lease_ms: int, worker: str) -> tuple[int, list[Any]]:
+        """Run the dequeue script to its end even if our caller is cancelled meanwhile."""
+        call = asyncio.ensure_future(
+            self._script("dequeue", max_tasks, lease_ms, worker, self.maintenance_batch)
+        )
         try:
-            return self._decode(raw)
+            reply = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            try:
+                reply = await call
+            except Exception:  # the script failed: it leased nothing
+                raise asyncio.CancelledError from None
+            await self._hand_back(reply[1])
+            raise
+        wait_ms, raw, bad, recovered = reply
+        self._report_upkeep(bad, recovered)
+        return int(wait_ms), list(raw)
+
+    async def _hand_back(self, raw: Sequence[Any]) -> None:
+        """Release tasks leased for a caller that is gone, without spending an attempt."""
+        pairs: list[Any] = []
+        for values in raw:
+            fields = dict(zip(_LEASE_FIELDS, values, strict=False))
+            pairs += [_text(fields["id"]), _text(fields["token"])]
+        if pairs:
+            await self._script("release", *pairs)
+
+    def _report_upkeep(self, bad: Sequence[Any], recovered: Sequence[Any]) -> None:
+        for task_id in bad:
+            logger.error(
+                "task %s: listed in queue %s but its record is missing or not a hash; dropped",
+                _text(task_id),
+                self.queue,
+                extra={"task_id": _text(task_id)},
+            )
+        for task_id, outcome, holder in recovered:
+            tid, what, who = _text(task_id), _text(outcome), _text(holder) or "unknown worker"
+            level = logging.WARNING if what == "ready" else logging.ERROR
+            logger.log(
+                level,
+                "task %s: lease of %s expired; task is %s",
+                tid,
+                who,
+                "ready again" if what == "ready" else what,
+                extra={"task_id": tid},
+            )
+
+    async def _accept(self, values: Sequence[Any]) -> Task | None:
+        """Decode a leased record; an undecodable one is failed, never handed out."""
+        fields = dict(zip(_LEASE_FIELDS, values, strict=False))
+        try:
+            return self._decode({k: v for k, v in fields.items() if v != b"" and v != ""})
         except DecodeError as exc:
-            items = [_text(x) for x in raw]
-            h = dict(zip(items[::2], items[1::2], strict=False))
-            task_id = h.get("id", "")
-            if not task_id:
-                logger.error("undecodable task record leased and dropped: %s", exc)
-                return None
+            task_id = _text_lenient(fields.get("id", ""))
             logger.error(
                 "task %s: undecodable record (%s); failed",
                 task_id,
@@ -497,7 +580,7 @@ class RedisBroker(AbstractBroker):
                 extra={"task_id": task_id},
             )
             error = dumps({"type": "DecodeError", "message": str(exc), "traceback": None})
-            await self._script("fail", task_id, h.get("token", ""), error, "")
+            await self._script("fail", task_id, _text_lenient(fields["token"]), error, "")
             return None
 
     async def _wait_wake(self, wait: float) -> None:
@@ -537,7 +620,8 @@ class RedisBroker(AbstractBroker):
 
     async def renew(self, leases: Mapping[str, int]) -> RenewResult:
         """See `AbstractBroker.renew`; also runs the upkeep of recovery and promotion."""
-        await self._script("dequeue", 0, 0, "", self.maintenance_batch)
+        _, _, bad, recovered = await self._script("dequeue", 0, 0, "", self.maintenance_batch)
+        self._report_upkeep(bad, recovered)
         if not leases:
             return RenewResult()
         args: list[Any] = [int(self.lease_seconds * 1000)]
@@ -588,7 +672,7 @@ class RedisBroker(AbstractBroker):
         items = list(outcomes)
         if not items:
             return []
-        encoded = [(i, t, dumps(r, "result")) for i, t, r in items]
+        encoded = [(i, "" if t is None else t, dumps(r, "result")) for i, t, r in items]
         args: list[Any] = []
         for task_id, token, value in encoded:
             args.extend((task_id, token, value))
@@ -632,7 +716,7 @@ class RedisBroker(AbstractBroker):
 
     async def release(self, task_id: str, *, token: int) -> bool:
         """See `AbstractBroker.release`."""
-        return int(await self._script("release", task_id, token)) == 1
+        return int((await self._script("release", task_id, token))[0]) == 1
 
     async def set_progress(
         self, task_id: str, progress: float, *, token: int | None = None
@@ -830,7 +914,8 @@ class RedisBroker(AbstractBroker):
                         delay = 0.05
                         self._wake_watchers(None)  # recheck: we may have missed news
                     elif message["type"] == "message":
-                        self._wake_watchers(_text(message["data"]))
+                        for task_id in _split_ids(message["data"]):
+                            self._wake_watchers(task_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -554,3 +554,50 @@ async def test_katana_mark_complete_and_failed_without_token(broker: AbstractBro
     assert failed is not None and failed.status is TaskStatus.FAILED
     with pytest.raises(TaskNotFoundError):
         await broker.mark_complete("missing")
+
+
+async def test_a_task_handed_back_keeps_its_place(broker: AbstractBroker) -> None:
+    first, second = make(priority=1), make(priority=1)
+    await broker.enqueue_many([first, second])
+    got = await broker.dequeue()
+    assert got is not None and got.id == first.id
+    await broker.release(got.id, token=got.token)
+    again = await broker.dequeue()
+    assert again is not None and again.id == first.id
+
+
+async def test_a_retried_task_keeps_its_place(broker: AbstractBroker) -> None:
+    first, second = make(priority=1), make(priority=1)
+    await broker.enqueue_many([first, second])
+    got = await broker.dequeue()
+    assert got is not None
+    await broker.mark_failed(got.id, "x", token=got.token, retry_in=0)
+    again = await broker.dequeue()
+    assert again is not None and again.id == first.id
+
+
+async def test_closed_broker_refuses_to_lease(broker_factory: BrokerFactory) -> None:
+    broker = await broker_factory()
+    await broker.enqueue(make())
+    await broker.close()
+    with pytest.raises(Exception, match="closed"):
+        await broker.dequeue()
+
+
+async def test_cancelled_dequeue_hands_back_what_it_leased(broker: AbstractBroker) -> None:
+    tasks = [make() for _ in range(20)]
+    await broker.enqueue_many(tasks)
+    for _ in range(5):
+        call = asyncio.create_task(broker.dequeue_many(20, timeout=1))
+        await asyncio.sleep(0)
+        call.cancel()
+        try:
+            got = await call
+        except asyncio.CancelledError:
+            continue
+        for task in got:  # it finished before the cancel landed: put them back
+            await broker.release(task.id, token=task.token)
+    counts = await broker.count_tasks()
+    assert counts[TaskStatus.PENDING] == 20 and counts[TaskStatus.PROCESSING] == 0
+    stored = await broker.list_tasks(TaskStatus.PENDING)
+    assert all(t.attempts == 0 for t in stored)

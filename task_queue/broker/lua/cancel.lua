@@ -10,20 +10,22 @@ local id, mode, token, reason = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local key = PREFIX .. id
 local now = now_ms()
 if mode == 'ack' then
-  local status, reply = check_holder(key, token, 'cancelled')
-  if not status then
+  local h, reply = check_holder(key, token, 'cancelled')
+  if not h then
     return reply
   end
   if reason ~= '' and not redis.call('HGET', key, 'reason') then
     redis.call('HSET', key, 'reason', reason)
   end
-  finish_cancelled(id, now)
+  finish(id, 'cancelled', now, {}, holder_set(h[1]))
+  flush(now)
   return 1
 end
-if not is_task(key) then
+local h = read(key, 'status')
+if not h then
   return -1
 end
-local status = redis.call('HGET', key, 'status')
+local status = h[1]
 if status ~= 'pending' and status ~= 'processing' then
   return 0
 end
@@ -31,7 +33,8 @@ if reason ~= '' then
   redis.call('HSET', key, 'reason', reason)
 end
 if status == 'pending' then
-  finish_cancelled(id, now)
+  finish(id, 'cancelled', now, {}, nil)
+  flush(now)
 else
   redis.call('HSET', key, 'cancel', 1)
 end

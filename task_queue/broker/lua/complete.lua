@@ -8,12 +8,13 @@
 local now = now_ms()
 local out = {}
 for i = 5, #ARGV, 3 do
-  local id, token, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local status, reply = check_holder(PREFIX .. id, token, 'completed')
-  if status then
-    finish(id, 'completed', now, {'result', result, 'progress', 1})
+  local id, token = ARGV[i], ARGV[i + 1]
+  local h, reply = check_holder(PREFIX .. id, token, 'completed')
+  if h then
+    finish(id, 'completed', now, {'result', ARGV[i + 2], 'progress', 1}, holder_set(h[1]))
     reply = 1
   end
   out[#out + 1] = reply
 end
+flush(now)
 return out

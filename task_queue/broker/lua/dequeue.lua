@@ -2,21 +2,23 @@
 -- ready tasks, best first. With N = 0 it only does the upkeep (the heartbeat's call).
 -- KEYS and ARGV 1-4: see lib.lua.
 -- ARGV 5 max tasks to lease, 6 lease length (ms), 7 worker id, 8 upkeep batch size.
--- Returns: {wait, leased, bad} where wait is the ms until the next due time or lease
--- deadline (-1 when none), leased a list of HGETALL replies of the leased tasks, and bad
--- the ids found in a queue set with no task hash behind them (dropped).
+-- Returns: {wait, leased, bad, recovered}: wait is the ms until the next due time or
+-- lease deadline (-1 when none); leased holds, per leased task, its LEASE_FIELDS values
+-- (see lib.lua); bad the ids found in a queue set with no task hash behind them
+-- (dropped); recovered, per expired lease, {id, outcome, holder} with outcome "ready",
+-- "failed" (attempts used up) or "cancelled".
 
 local max_tasks, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local worker, batch = ARGV[7], tonumber(ARGV[8])
 local now = now_ms()
-local bad = {}
+local bad, recovered = {}, {}
 
 local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, batch)
 for _, id in ipairs(due) do
   redis.call('ZREM', K_DELAYED, id)
-  local key = PREFIX .. id
-  if is_task(key) then
-    redis.call('ZADD', K_READY, redis.call('HGET', key, 'score'), id)
+  local h = read(PREFIX .. id, 'score')
+  if h then
+    redis.call('ZADD', K_READY, h[1], id)
   else
     bad[#bad + 1] = id
   end
@@ -25,40 +27,60 @@ end
 local expired = redis.call('ZRANGEBYSCORE', K_INFLIGHT, '-inf', now, 'LIMIT', 0, batch)
 for _, id in ipairs(expired) do
   local key = PREFIX .. id
-  if not is_task(key) then
+  local h = read(key, 'status', 'cancel', 'attempts', 'max_attempts', 'worker', 'score')
+  if not h then
     redis.call('ZREM', K_INFLIGHT, id)
     bad[#bad + 1] = id
   else
-    local h = redis.call('HMGET', key, 'cancel', 'attempts', 'max_attempts', 'worker', 'score')
-    if h[1] == '1' then
-      finish_cancelled(id, now)
-    elseif tonumber(h[2]) >= tonumber(h[3]) then
-      finish(id, 'failed', now, {'lost', h[4] or '', 'error', ''})
+    local holder = h[5] or ''
+    local outcome = 'ready'
+    if h[2] == '1' then
+      outcome = 'cancelled'
+      finish(id, 'cancelled', now, {}, K_INFLIGHT)
+    elseif tonumber(h[3]) >= tonumber(h[4]) then
+      outcome = 'failed'
+      finish(id, 'failed', now, {'lost', holder, 'error', ''}, K_INFLIGHT)
     else
       redis.call('ZREM', K_INFLIGHT, id)
-      redis.call('HSET', key, 'status', 'pending', 'lost', h[4] or '')
+      redis.call('HSET', key, 'status', 'pending', 'lost', holder, 'worker', '')
       redis.call('HINCRBY', key, 'token', 1)  -- fence off the lost holder
-      redis.call('HDEL', key, 'worker')
-      redis.call('ZADD', K_READY, h[5], id)
+      redis.call('ZADD', K_READY, h[6], id)
     end
+    recovered[#recovered + 1] = {id, outcome, holder}
   end
 end
 
 local leased = {}
 if max_tasks > 0 then
   local popped = redis.call('ZPOPMIN', K_READY, max_tasks)
+  local deadlines = {}
+  local deadline = now + lease_ms
   for i = 1, #popped, 2 do
     local id = popped[i]
     local key = PREFIX .. id
-    if is_task(key) then
-      redis.call('HINCRBY', key, 'attempts', 1)
-      redis.call('HINCRBY', key, 'token', 1)
-      redis.call('HSET', key, 'status', 'processing', 'worker', worker, 'started', now)
-      redis.call('ZADD', K_INFLIGHT, now + lease_ms, id)
-      leased[#leased + 1] = redis.call('HGETALL', key)
+    local h = read(key, unpack(LEASE_FIELDS))
+    if h then
+      h[3] = 'processing'
+      h[4] = tostring(tonumber(h[4]) + 1)
+      h[6] = tostring(tonumber(h[6]) + 1)
+      h[11] = tostring(now)
+      redis.call('HSET', key, 'status', 'processing', 'attempts', h[4], 'token', h[6],
+        'worker', worker, 'started', now)
+      deadlines[#deadlines + 1] = deadline
+      deadlines[#deadlines + 1] = id
+      -- false (a missing field) would end the reply list early: send '' instead
+      for j = 1, #LEASE_FIELDS do
+        if not h[j] then
+          h[j] = ''
+        end
+      end
+      leased[#leased + 1] = h
     else
       bad[#bad + 1] = id
     end
+  end
+  if #deadlines > 0 then
+    redis.call('ZADD', K_INFLIGHT, unpack(deadlines))
   end
 end
 
@@ -78,4 +100,5 @@ if f[2] then
     wait = until_deadline
   end
 end
-return {wait, leased, bad}
+flush(now)
+return {wait, leased, bad, recovered}

@@ -6,23 +6,41 @@
 
 local now = now_ms()
 local n = tonumber(ARGV[5])
-local out = {}
+local last = redis.call('INCRBY', K_SEQ, n)
+local out, ready, delayed = {}, {}, {}
 for i = 0, n - 1 do
   local base = 6 + i * 5
-  local id, data = ARGV[base], ARGV[base + 1]
-  local priority, delay = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  local id = ARGV[base]
   local key = PREFIX .. id
   if redis.call('EXISTS', key) == 1 then
     out[#out + 1] = 0
   else
-    local seq = redis.call('INCR', K_SEQ) % 4294967296
-    local score = priority * 4294967296 + seq
-    local due = now + math.max(0, delay)
-    redis.call('HSET', key, 'id', id, 'data', data, 'status', 'pending', 'attempts', 0,
-      'max_attempts', ARGV[base + 4], 'token', 0, 'score', score, 'due', due,
-      'progress', 0)
-    schedule(id, score, due, now)
+    local seq = (last - n + 1 + i) % 4294967296
+    local score = tonumber(ARGV[base + 2]) * 4294967296 + seq
+    local due = now + math.max(0, tonumber(ARGV[base + 3]))
+    redis.call('HSET', key, 'id', id, 'data', ARGV[base + 1], 'status', 'pending',
+      'attempts', 0, 'max_attempts', ARGV[base + 4], 'token', 0, 'score', score,
+      'due', due, 'progress', 0)
+    if due <= now then
+      ready[#ready + 1] = score
+      ready[#ready + 1] = id
+    else
+      delayed[#delayed + 1] = due
+      delayed[#delayed + 1] = id
+    end
     out[#out + 1] = 1
+  end
+end
+if #ready > 0 then
+  redis.call('ZADD', K_READY, unpack(ready))
+  wake()
+end
+if #delayed > 0 then
+  local before = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', K_DELAYED, unpack(delayed))
+  local after = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  if before[2] ~= after[2] then
+    wake()  -- the earliest due time moved: idle workers must recompute their wait
   end
 end
 return out

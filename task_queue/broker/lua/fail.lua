@@ -9,26 +9,26 @@
 local id, token, err, retry = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local key = PREFIX .. id
 local now = now_ms()
-if token ~= '' and is_task(key) then
-  local h = redis.call('HMGET', key, 'status', 'token')
-  if h[1] == 'pending' and h[2] == token then
+if token ~= '' then
+  local seen = read(key, 'status', 'token')
+  if seen and seen[1] == 'pending' and seen[2] == token then
     return 1  -- this holder's retry was recorded already
   end
 end
-local status, reply = check_holder(key, token, 'failed')
-if not status then
+local h, reply = check_holder(key, token, 'failed')
+if not h then
   return reply
 end
-local h = redis.call('HMGET', key, 'attempts', 'max_attempts', 'cancel', 'score')
-if h[3] == '1' then
-  finish_cancelled(id, now)
-elseif retry ~= '' and tonumber(h[1]) < tonumber(h[2]) then
+local from = holder_set(h[1])
+if h[5] == '1' then
+  finish(id, 'cancelled', now, {}, from)
+elseif retry ~= '' and tonumber(h[3]) < tonumber(h[4]) then
   local due = now + tonumber(retry)
   redis.call('ZREM', K_INFLIGHT, id)
-  redis.call('HSET', key, 'status', 'pending', 'error', err, 'due', due)
-  redis.call('HDEL', key, 'worker')
-  schedule(id, h[4], due, now)
+  redis.call('HSET', key, 'status', 'pending', 'error', err, 'due', due, 'worker', '')
+  schedule(id, h[6], due, now)
 else
-  finish(id, 'failed', now, {'error', err})
+  finish(id, 'failed', now, {'error', err}, from)
 end
+flush(now)
 return 1

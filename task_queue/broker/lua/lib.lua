@@ -8,15 +8,16 @@
 --   4 failed     zset  id -> time it failed (ms): the dead letters
 --   5 completed  zset  id -> time it completed (ms)
 --   6 cancelled  zset  id -> time it was cancelled (ms)
---   7 seq        string, INCR gives the FIFO sequence
+--   7 seq        string, INCRBY gives the FIFO sequence
 --   8 wake       zset with the single member "w"; idle workers BZPOPMIN it
 -- ARGV (the same first four for every script; a script's own arguments start at 5):
 --   1 prefix of task hashes, e.g. "{tq:default}:task:"
---   2 pub/sub channel told the id of every task that becomes final
+--   2 pub/sub channel told the ids of tasks that became final, each as "<length>:<id>"
 --   3 milliseconds completed and cancelled tasks are kept
 --   4 milliseconds failed tasks are kept
 -- Task hash fields: id, data (static JSON), status, attempts, max_attempts, token, score,
 -- due, worker, started, finished, result, error, progress, cancel, reason, lost.
+-- A task's state is the set holding its id; `status` in its hash always agrees with it.
 
 local K_READY, K_DELAYED, K_INFLIGHT = KEYS[1], KEYS[2], KEYS[3]
 local K_FAILED, K_COMPLETED, K_CANCELLED = KEYS[4], KEYS[5], KEYS[6]
@@ -25,37 +26,44 @@ local PREFIX, CHANNEL = ARGV[1], ARGV[2]
 local RESULT_TTL, DEAD_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
 local TRIM_BATCH = 100
 
+-- The fields a worker needs of a task it leases, in the order redis.py decodes them.
+local LEASE_FIELDS = {'id', 'data', 'status', 'attempts', 'max_attempts', 'token', 'due',
+  'error', 'progress', 'cancel', 'started'}
+
+local finished_ids = {}   -- ids made final by this script run, published once at the end
+local touched = {}        -- final-state sets written by this run: set -> retention (ms)
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- True when `key` holds a task hash (a missing or foreign-typed key is not a task).
-local function is_task(key)
-  return redis.call('TYPE', key)['ok'] == 'hash'
+-- HMGET on a task hash; nil when the key is missing or holds another type. The first
+-- field asked for must be one every task has (id, status, score...).
+local function read(key, ...)
+  local r = redis.pcall('HMGET', key, ...)
+  if r['err'] or not r[1] then
+    return nil
+  end
+  return r
 end
 
 local function wake()
   redis.call('ZADD', K_WAKE, 0, 'w')
 end
 
--- Drop set members older than the retention; their hashes expire by their own TTL.
-local function trim(set, ttl, now)
-  local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - ttl, 'LIMIT', 0, TRIM_BATCH)
-  if #old > 0 then
-    redis.call('ZREM', set, unpack(old))
-  end
-end
-
--- Make the task final: out of every queue set, into the set of its final state, with a TTL.
--- `extra` is a flat list of more hash fields to set.
-local function finish(id, status, now, extra)
+-- Make the task final: out of the set that holds it (`from`: K_INFLIGHT, or nil for a
+-- pending task), into the set of its final state, with a TTL. `extra` is a flat list of
+-- more hash fields to set.
+local function finish(id, status, now, extra, from)
   local key = PREFIX .. id
-  redis.call('ZREM', K_INFLIGHT, id)
-  redis.call('ZREM', K_READY, id)
-  redis.call('ZREM', K_DELAYED, id)
+  if from then
+    redis.call('ZREM', from, id)
+  else
+    redis.call('ZREM', K_READY, id)
+    redis.call('ZREM', K_DELAYED, id)
+  end
   redis.call('HSET', key, 'status', status, 'finished', now, unpack(extra))
-  redis.call('HDEL', key, 'worker')
   local set, ttl = K_COMPLETED, RESULT_TTL
   if status == 'failed' then
     set, ttl = K_FAILED, DEAD_TTL
@@ -64,11 +72,26 @@ local function finish(id, status, now, extra)
   end
   redis.call('ZADD', set, now, id)
   redis.call('PEXPIRE', key, math.max(1, ttl))
-  trim(set, ttl, now)
-  redis.call('PUBLISH', CHANNEL, id)
+  touched[set] = ttl
+  finished_ids[#finished_ids + 1] = #id .. ':' .. id
 end
 
--- Put a pending task where it belongs: ready now, or delayed until `due`.
+-- Once per run: trim the final-state sets written to (their hashes expire by their own
+-- TTL) and tell waiters which tasks became final.
+local function flush(now)
+  for set, ttl in pairs(touched) do
+    local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - ttl, 'LIMIT', 0, TRIM_BATCH)
+    if #old > 0 then
+      redis.call('ZREM', set, unpack(old))
+    end
+  end
+  if #finished_ids > 0 then
+    redis.call('PUBLISH', CHANNEL, table.concat(finished_ids))
+  end
+end
+
+-- Put a pending task where it belongs: ready now, or delayed until `due`. It keeps its
+-- score, so a task handed back or retried keeps its place among equal priorities.
 local function schedule(id, score, due, now)
   if due <= now then
     redis.call('ZADD', K_READY, score, id)
@@ -82,18 +105,18 @@ local function schedule(id, score, due, now)
   end
 end
 
--- Check that the caller may report `done` on the task. Returns the status and nil when it
--- may go on, or nil and the reply to return at once:
---   1 already `done` by this holder (a repeated report), 0 refused (stale holder),
---   -1 no such task, -2 final already (an administrative call without a token).
+-- Check that the caller may report `done` on the task. Returns the fields read (status,
+-- token, attempts, max_attempts, cancel, score) when it may go on, or nil and the reply
+-- to return at once: 1 already `done` by this holder (a repeated report), 0 refused
+-- (stale holder), -1 no such task, -2 final already (an administrative call).
 local function check_holder(key, token, done)
-  if not is_task(key) then
+  local h = read(key, 'status', 'token', 'attempts', 'max_attempts', 'cancel', 'score')
+  if not h then
     return nil, -1
   end
-  local h = redis.call('HMGET', key, 'status', 'token')
-  local status, current = h[1], h[2]
+  local status = h[1]
   if token ~= '' then
-    if current ~= token then
+    if h[2] ~= token then
       return nil, 0
     end
     if status == done then
@@ -102,7 +125,7 @@ local function check_holder(key, token, done)
     if status ~= 'processing' then
       return nil, 0
     end
-    return status, nil
+    return h, nil
   end
   if status == done then
     return nil, 1
@@ -110,9 +133,13 @@ local function check_holder(key, token, done)
   if status == 'completed' or status == 'failed' or status == 'cancelled' then
     return nil, -2
   end
-  return status, nil
+  return h, nil
 end
 
-local function finish_cancelled(id, now)
-  finish(id, 'cancelled', now, {'error', ''})
+-- The set a non-final task is in, for `finish`.
+local function holder_set(status)
+  if status == 'processing' then
+    return K_INFLIGHT
+  end
+  return nil
 end

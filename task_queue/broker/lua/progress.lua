@@ -5,11 +5,8 @@
 
 local id, token, progress = ARGV[5], ARGV[6], ARGV[7]
 local key = PREFIX .. id
-if not is_task(key) then
-  return 0
-end
-local h = redis.call('HMGET', key, 'status', 'token')
-if h[1] ~= 'pending' and h[1] ~= 'processing' then
+local h = read(key, 'status', 'token')
+if not h or (h[1] ~= 'pending' and h[1] ~= 'processing') then
   return 0
 end
 if token ~= '' and h[2] ~= token then

@@ -18,11 +18,12 @@ for _, set in ipairs(sets) do
   for _, id in ipairs(ids) do
     redis.call('ZREM', set, id)
     redis.call('DEL', PREFIX .. id)
-    redis.call('PUBLISH', CHANNEL, id)
+    finished_ids[#finished_ids + 1] = #id .. ':' .. id
     deleted = deleted + 1
   end
   if deleted >= batch then
     break
   end
 end
+flush(now_ms())
 return deleted

@@ -4,23 +4,23 @@
 -- Returns: one integer per pair: 1 renewed, 2 renewed and a cancel was requested,
 --          0 lost (not this holder's any more).
 
-local lease_ms = tonumber(ARGV[5])
-local deadline = now_ms() + lease_ms
-local out = {}
+local deadline = now_ms() + tonumber(ARGV[5])
+local out, deadlines = {}, {}
 for i = 6, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local key = PREFIX .. id
+  local h = read(PREFIX .. id, 'status', 'token', 'cancel')
   local reply = 0
-  if is_task(key) then
-    local h = redis.call('HMGET', key, 'status', 'token', 'cancel')
-    if h[1] == 'processing' and h[2] == token then
-      redis.call('ZADD', K_INFLIGHT, deadline, id)
-      reply = 1
-      if h[3] == '1' then
-        reply = 2
-      end
+  if h and h[1] == 'processing' and h[2] == token then
+    deadlines[#deadlines + 1] = deadline
+    deadlines[#deadlines + 1] = id
+    reply = 1
+    if h[3] == '1' then
+      reply = 2
     end
   end
   out[#out + 1] = reply
+end
+if #deadlines > 0 then
+  redis.call('ZADD', K_INFLIGHT, unpack(deadlines))
 end
 return out

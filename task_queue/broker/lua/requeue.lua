@@ -5,10 +5,10 @@
 
 local id, delay = ARGV[5], tonumber(ARGV[6])
 local key = PREFIX .. id
-if not is_task(key) then
+local h = read(key, 'status', 'score')
+if not h then
   return -1
 end
-local h = redis.call('HMGET', key, 'status', 'score')
 if h[1] ~= 'completed' and h[1] ~= 'failed' and h[1] ~= 'cancelled' then
   return -2
 end
@@ -21,5 +21,6 @@ redis.call('HDEL', key, 'result', 'error', 'worker', 'started', 'finished', 'can
   'reason', 'lost')
 local due = now + delay
 redis.call('HSET', key, 'status', 'pending', 'attempts', 0, 'progress', 0, 'due', due)
+redis.call('HINCRBY', key, 'token', 1)
 schedule(id, h[2], due, now)
 return redis.call('HGETALL', key)
