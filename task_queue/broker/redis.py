@@ -30,6 +30,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "RedisBroker needs redis-py: install the extra with pip install 'task-queue[redis]'"
     ) from exc
 
+try:
+    from .resp import FastConnection
+except ImportError:  # pragma: no cover - hiredis missing: redis-py does all the work
+    FastConnection = None  # type: ignore[assignment,misc]
+
 from ..codec import dumps, loads
 from ..errors import (
     BrokerConnectionError,
@@ -222,6 +227,7 @@ class RedisBroker(AbstractBroker):
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
         self._closed = False
+        self._fast: FastConnection | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
@@ -238,7 +244,10 @@ class RedisBroker(AbstractBroker):
         # A blocking pool makes a burst of callers wait for a connection instead of failing.
         pool = BlockingConnectionPool.from_url(url, **client_options)
         client = Redis.from_pool(pool)
-        return cls(client, url=url, owns_client=True, **options)
+        broker = cls(client, url=url, owns_client=True, **options)
+        if FastConnection is not None and FastConnection.supports(url):
+            broker._fast = FastConnection(url)
+        return broker
 
     @staticmethod
     def _describe_client(client: Redis) -> str:
@@ -323,6 +332,20 @@ class RedisBroker(AbstractBroker):
     async def _script(self, name: str, *args: Any) -> Any:
         await self._ensure_checked()
         argv = [*self._common, *args]
+
+        fast = self._fast
+        if fast is not None:
+            command = ("EVALSHA", self._shas[name], len(self._keys), *self._keys, *argv)
+
+            async def run_fast() -> Any:
+                try:
+                    return await fast.execute(*command)
+                except redis_errors.NoScriptError:
+                    sha = await fast.execute("SCRIPT", "LOAD", self._sources[name])
+                    self._shas[name] = _text(sha)
+                    return await fast.execute("EVALSHA", sha, *command[2:])
+
+            return await self._retrying(run_fast, name)
 
         async def run() -> Any:
             try:
@@ -769,6 +792,8 @@ class RedisBroker(AbstractBroker):
         key = self._task_key(task_id)
 
         async def read() -> Any:
+            if self._fast is not None:
+                return await self._fast.execute("HGETALL", key)
             return await self.client.hgetall(key)
 
         try:
@@ -949,6 +974,8 @@ class RedisBroker(AbstractBroker):
         self._wake_task = None
         self._listener = None
         self._wake_watchers(None)
+        if self._fast is not None:
+            await self._fast.close()
         if self._owns_client:
             await self.client.aclose()
 

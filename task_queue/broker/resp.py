@@ -1,0 +1,188 @@
+"""A lean Redis connection for the broker's hot path: RESP2 over asyncio, parsed by hiredis.
+
+Every command of every caller goes out on one connection as soon as it is called and the
+replies are matched in order, so concurrent callers are pipelined for free and a call
+costs a write and a parse, not a trip through a connection pool. The broker uses it for
+its scripts and plain reads when it made its own connection from a URL; pub/sub, blocking
+waits and anything else go through redis-py. Errors are redis-py's exception types, so
+callers handle both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+from redis import exceptions as redis_errors
+
+__all__ = ["FastConnection"]
+
+
+def _encode(arg: Any) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, bool):
+        raise redis_errors.DataError("a bool is not a Redis argument; use 0 or 1")
+    if isinstance(arg, int | float):
+        return repr(arg).encode()
+    raise redis_errors.DataError(f"cannot send an argument of type {type(arg).__name__}")
+
+
+def pack(args: tuple[Any, ...]) -> bytes:
+    """Encode one command in RESP."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = _encode(arg)
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _error(message: str) -> redis_errors.RedisError:
+    if message.startswith("NOSCRIPT"):
+        return redis_errors.NoScriptError(message)
+    if message.startswith(("WRONGPASS", "NOAUTH", "invalid password")):
+        return redis_errors.AuthenticationError(message)
+    if message.startswith("NOPERM"):
+        return redis_errors.AuthorizationError(message)
+    if message.startswith("BUSY"):
+        return redis_errors.BusyLoadingError(message)
+    return redis_errors.ResponseError(message)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(replyError=_ReplyError)
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiting = self.waiting
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(redis_errors.ConnectionError(f"protocol error from Redis: {exc}"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if reply is False:
+                return
+            future = waiting.popleft()
+            if future.done():  # its caller was cancelled; the reply is simply dropped
+                continue
+            if isinstance(reply, _ReplyError):
+                future.set_exception(_error(str(reply)))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = redis_errors.ConnectionError(
+            f"connection to Redis lost: {exc}" if exc else "connection closed by Redis"
+        )
+        self._fail(self.lost)
+
+    def _fail(self, error: Exception) -> None:
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
+class _ReplyError(Exception):
+    """An error reply, before it is turned into redis-py's exception type."""
+
+
+class FastConnection:
+    """One pipelining connection to the Redis at `url` (redis://, rediss://, unix://)."""
+
+    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._path = parts.path if parts.scheme == "unix" else None
+        self._username = unquote(parts.username) if parts.username else None
+        password = parts.password if parts.password is not None else query.get("password")
+        self._password = unquote(password) if password is not None else None
+        db = query.get("db") or (parts.path.lstrip("/") if parts.scheme != "unix" else "")
+        self._db = int(db) if db else 0
+        self._connect_timeout = connect_timeout
+        self._ssl: ssl.SSLContext | None = None
+        if parts.scheme == "rediss":
+            self._ssl = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
+            if query.get("ssl_cert_reqs", "required").lower() in ("none", "optional"):
+                self._ssl.check_hostname = False
+                self._ssl.verify_mode = ssl.CERT_NONE
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    @staticmethod
+    def supports(url: str) -> bool:
+        """True for the URL schemes this connection can open."""
+        return urlsplit(url).scheme in ("redis", "rediss", "unix")
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self._path is not None:
+            connecting = loop.create_unix_connection(_Protocol, self._path)
+        else:
+            connecting = loop.create_connection(_Protocol, self._host, self._port, ssl=self._ssl)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                transport, protocol = await connecting
+        except (OSError, TimeoutError) as exc:
+            raise redis_errors.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+        setup: list[tuple[Any, ...]] = []
+        if self._password is not None:
+            auth = (self._username, self._password) if self._username else (self._password,)
+            setup.append(("AUTH", *auth))
+        if self._db:
+            setup.append(("SELECT", self._db))
+        try:
+            for command in setup:
+                await self._send(protocol, command)
+        except BaseException:
+            transport.close()
+            raise
+        return protocol
+
+    def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        assert protocol.transport is not None
+        protocol.transport.write(pack(args))
+        protocol.waiting.append(future)
+        return future
+
+    async def execute(self, *args: Any) -> Any:
+        """Send one command and return its reply (bytes, ints, lists as RESP2 gives them)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._reconnect()
+        return await self._send(protocol, args)
+
+    async def _reconnect(self) -> _Protocol:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            protocol = self._protocol
+            if protocol is None or protocol.lost is not None:
+                protocol = self._protocol = await self._connect()
+            return protocol
+
+    async def close(self) -> None:
+        """Close the connection; calls still waiting fail with ConnectionError."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
