@@ -113,6 +113,8 @@ def _split_ids(message: Any) -> list[str]:
     return ids
 
 
+_ENQUEUE_BATCH = 1000
+
 _LEASE_FIELDS = (
     "id",
     "data",
@@ -476,7 +478,14 @@ class RedisBroker(AbstractBroker):
             task_args, payload, metadata = self._enqueue_args(task, now)
             args.extend(task_args)
             encoded.append((payload, metadata))
-        flags = await self._script("enqueue", len(tasks), *args)
+        # Bounded script runs: at most _ENQUEUE_BATCH tasks each. Every task was encoded
+        # above, so a bad payload stored nothing; a connection lost between two batches
+        # leaves the first ones stored, and a retry of the call is safe (idempotent ids).
+        flags: list[Any] = []
+        width = 5
+        for start in range(0, len(tasks), _ENQUEUE_BATCH):
+            part = args[start * width : (start + _ENQUEUE_BATCH) * width]
+            flags += await self._script("enqueue", len(part) // width, *part)
         stored: list[Task] = []
         for task, (payload, metadata), flag in zip(tasks, encoded, flags, strict=True):
             if int(flag) == 1:

@@ -601,3 +601,11 @@ async def test_cancelled_dequeue_hands_back_what_it_leased(broker: AbstractBroke
     assert counts[TaskStatus.PENDING] == 20 and counts[TaskStatus.PROCESSING] == 0
     stored = await broker.list_tasks(TaskStatus.PENDING)
     assert all(t.attempts == 0 for t in stored)
+
+
+async def test_large_bulk_enqueue_keeps_fifo_order(broker: AbstractBroker) -> None:
+    tasks = [make(payload={"n": i}) for i in range(2500)]
+    stored = await broker.enqueue_many(tasks)
+    assert [t.id for t in stored] == [t.id for t in tasks]
+    got = await broker.dequeue_many(2500)
+    assert [t.payload["n"] for t in got] == list(range(2500))
