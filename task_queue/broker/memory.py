@@ -107,6 +107,7 @@ class InMemoryBroker(AbstractBroker):
         self._expiry: list[tuple[float, str]] = []
         self._cancel_reasons: dict[str, str] = {}
         self._seq = 0
+        self._tokens = 0  # fencing tokens come from one counter: never reused, even after purge
         self._waiters: list[_Waiter] = []
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._closed = False
@@ -258,7 +259,8 @@ class InMemoryBroker(AbstractBroker):
             task = tasks[task_id]
             task.status = _PROCESSING
             task.attempts += 1
-            task.token += 1
+            self._tokens += 1
+            task.token = self._tokens
             task.worker_id = worker_id
             task.started_at = started
             self._leases[task_id] = deadline
@@ -399,15 +401,20 @@ class InMemoryBroker(AbstractBroker):
             return False
         now = time.time()
         task.attempts -= 1
+        self._fence(task)
         if task.cancel_requested:
             self._finish(task, _CANCELLED, now, error=self._cancel_error(task_id))
             return True
         self._leases.pop(task_id, None)
         task.status = _PENDING
         task.worker_id = None
-        task.token += 1  # fence off the old holder: its token no longer matches
         self._schedule(task, now, now)
         return True
+
+    def _fence(self, task: Task) -> None:
+        """Give the task a new token: every report of its last holder is refused now."""
+        self._tokens += 1
+        task.token = self._tokens
 
     async def set_progress(
         self, task_id: str, progress: float, *, token: int | None = None
@@ -437,6 +444,7 @@ class InMemoryBroker(AbstractBroker):
         if reason is not None:
             self._cancel_reasons[task_id] = reason
         if task.status is _PENDING:
+            self._fence(task)
             self._finish(task, _CANCELLED, now, error=self._cancel_error(task_id))
         else:
             task.cancel_requested = True
@@ -459,6 +467,7 @@ class InMemoryBroker(AbstractBroker):
             raise TaskStateError(f"task {task_id} is {task.status.value}, not final")
         self._expires.pop(task_id, None)
         due = now + delay_seconds
+        self._fence(task)
         task.status = _PENDING
         task.attempts = 0
         task.result = None
@@ -629,6 +638,7 @@ class InMemoryBroker(AbstractBroker):
 
     def _recover(self, task: Task, now: float) -> None:
         holder = task.worker_id or "unknown worker"
+        self._fence(task)
         if task.cancel_requested:
             self._finish(task, _CANCELLED, now, error=self._cancel_error(task.id))
             return
@@ -657,5 +667,4 @@ class InMemoryBroker(AbstractBroker):
         self._leases.pop(task.id, None)
         task.status = _PENDING
         task.worker_id = None
-        task.token += 1  # fence off the lost holder
         self._schedule(task, now, now)

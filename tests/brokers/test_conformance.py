@@ -609,3 +609,36 @@ async def test_large_bulk_enqueue_keeps_fifo_order(broker: AbstractBroker) -> No
     assert [t.id for t in stored] == [t.id for t in tasks]
     got = await broker.dequeue_many(2500)
     assert [t.payload["n"] for t in got] == list(range(2500))
+
+
+async def test_tokens_are_never_reused_even_after_a_purge(broker: AbstractBroker) -> None:
+    first = make()
+    first.id = "reused-id"
+    await broker.enqueue(first)
+    old = await broker.dequeue()
+    assert old is not None
+    await broker.mark_complete(old.id, "old", token=old.token)
+    await broker.purge(TaskStatus.COMPLETED)
+    again = make()
+    again.id = "reused-id"
+    await broker.enqueue(again)
+    new = await broker.dequeue()
+    assert new is not None and new.token > old.token
+    assert not await broker.mark_complete(new.id, "stale", token=old.token)
+    stored = await broker.get_task(new.id)
+    assert stored is not None and stored.status is TaskStatus.PROCESSING
+
+
+async def test_cancelling_or_handing_back_fences_the_old_holder(broker: AbstractBroker) -> None:
+    await broker.enqueue(make())
+    got = await broker.dequeue()
+    assert got is not None
+    await broker.mark_failed(got.id, "x", token=got.token, retry_in=0)
+    await broker.cancel(got.id)  # pending now: cancelled at once
+    assert not await broker.mark_cancelled(got.id, token=got.token)
+    await broker.enqueue(other := make())
+    held = await broker.dequeue()
+    assert held is not None and held.id == other.id
+    await broker.cancel(held.id)
+    await broker.release(held.id, token=held.token)
+    assert not await broker.mark_cancelled(held.id, token=held.token)

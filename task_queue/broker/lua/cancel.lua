@@ -33,6 +33,7 @@ if reason ~= '' then
   redis.call('HSET', key, 'reason', reason)
 end
 if status == 'pending' then
+  fence(key)
   finish(id, 'cancelled', now, {}, nil)
   flush(now)
 else

@@ -34,6 +34,7 @@ for _, id in ipairs(expired) do
   else
     local holder = h[5] or ''
     local outcome = 'ready'
+    fence(key)
     if h[2] == '1' then
       outcome = 'cancelled'
       finish(id, 'cancelled', now, {}, K_INFLIGHT)
@@ -43,7 +44,6 @@ for _, id in ipairs(expired) do
     else
       redis.call('ZREM', K_INFLIGHT, id)
       redis.call('HSET', key, 'status', 'pending', 'lost', holder, 'worker', '')
-      redis.call('HINCRBY', key, 'token', 1)  -- fence off the lost holder
       redis.call('ZADD', K_READY, h[6], id)
     end
     recovered[#recovered + 1] = {id, outcome, holder}
@@ -55,6 +55,10 @@ if max_tasks > 0 then
   local popped = redis.call('ZPOPMIN', K_READY, max_tasks)
   local deadlines = {}
   local deadline = now + lease_ms
+  local token = 0
+  if #popped > 0 then
+    token = redis.call('INCRBY', K_SEQ, #popped / 2) - #popped / 2
+  end
   for i = 1, #popped, 2 do
     local id = popped[i]
     local key = PREFIX .. id
@@ -62,7 +66,8 @@ if max_tasks > 0 then
     if h then
       h[3] = 'processing'
       h[4] = tostring(tonumber(h[4]) + 1)
-      h[6] = tostring(tonumber(h[6]) + 1)
+      token = token + 1
+      h[6] = tostring(token)
       h[11] = tostring(now)
       redis.call('HSET', key, 'status', 'processing', 'attempts', h[4], 'token', h[6],
         'worker', worker, 'started', now)

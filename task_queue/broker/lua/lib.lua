@@ -8,7 +8,8 @@
 --   4 failed     zset  id -> time it failed (ms): the dead letters
 --   5 completed  zset  id -> time it completed (ms)
 --   6 cancelled  zset  id -> time it was cancelled (ms)
---   7 seq        string, INCRBY gives the FIFO sequence
+--   7 seq        string, a counter: FIFO sequence numbers and fencing tokens are drawn
+--                from it, so a token is never reused, not even after a purge
 --   8 wake       zset with the single member "w"; idle workers BZPOPMIN it
 -- ARGV (the same first four for every script; a script's own arguments start at 5):
 --   1 prefix of task hashes, e.g. "{tq:default}:task:"
@@ -46,6 +47,11 @@ local function read(key, ...)
     return nil
   end
   return r
+end
+
+-- Give the task a new fencing token: every report of its last holder is refused now.
+local function fence(key)
+  redis.call('HSET', key, 'token', redis.call('INCR', K_SEQ))
 end
 
 local function wake()

@@ -15,12 +15,12 @@ for i = 5, #ARGV, 2 do
   if h and h[2] == token and h[1] == 'processing' then
     reply = 1
     redis.call('HINCRBY', key, 'attempts', -1)
+    fence(key)
     if h[3] == '1' then
       finish(id, 'cancelled', now, {}, K_INFLIGHT)
     else
       redis.call('ZREM', K_INFLIGHT, id)
       redis.call('HSET', key, 'status', 'pending', 'worker', '')
-      redis.call('HINCRBY', key, 'token', 1)
       schedule(id, h[4], now, now)
     end
   end

@@ -21,6 +21,6 @@ redis.call('HDEL', key, 'result', 'error', 'worker', 'started', 'finished', 'can
   'reason', 'lost')
 local due = now + delay
 redis.call('HSET', key, 'status', 'pending', 'attempts', 0, 'progress', 0, 'due', due)
-redis.call('HINCRBY', key, 'token', 1)
+fence(key)
 schedule(id, h[2], due, now)
 return redis.call('HGETALL', key)
