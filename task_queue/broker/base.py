@@ -3,7 +3,9 @@
 A broker stores tasks and makes every state change atomic. Delivery is at-least-once:
 
 * `dequeue_many` moves due tasks from ready to in-flight in one step, counts an attempt
-  and grants each a lease (a deadline) with a fencing token that grows with every lease.
+  and grants each a lease (a deadline) with a fencing token drawn from a counter of the
+  queue, so a token is never handed out twice, not even after a purge. Cancelling a
+  pending task, handing a task back, recovering and requeueing it also draw a new token.
 * The holder reports the outcome with `mark_complete`, `mark_failed`, `mark_cancelled` or
   `release`, presenting the token; a holder whose token is stale is refused (the call
   returns False and the broker logs a warning). Reporting the same outcome twice is
