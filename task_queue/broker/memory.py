@@ -6,7 +6,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -102,9 +102,12 @@ class InMemoryBroker(AbstractBroker):
         self._delayed: list[tuple[float, int, str]] = []
         self._queued: dict[str, int] = {}
         self._leases: dict[str, float] = {}
-        self._deadlines: list[tuple[float, str, int]] = []
+        # Lease deadlines and expiry times only grow (each is now + a fixed length), so
+        # plain deques kept in time order replace heaps here.
+        self._deadlines: deque[tuple[float, str, int]] = deque()
         self._expires: dict[str, float] = {}
-        self._expiry: list[tuple[float, str]] = []
+        self._expiry: deque[tuple[float, str]] = deque()
+        self._dead_expiry: deque[tuple[float, str]] = deque()
         self._cancel_reasons: dict[str, str] = {}
         self._seq = 0
         self._tokens = 0  # fencing tokens come from one counter: never reused, even after purge
@@ -250,6 +253,7 @@ class InMemoryBroker(AbstractBroker):
         tasks = self._tasks
         deadline = now + self.lease_seconds
         started = datetime.fromtimestamp(now, UTC)
+        deadlines = self._deadlines
         leased: list[Task] = []
         while ready and len(leased) < max_tasks:
             _, _, seq, task_id = heapq.heappop(ready)
@@ -264,7 +268,7 @@ class InMemoryBroker(AbstractBroker):
             task.worker_id = worker_id
             task.started_at = started
             self._leases[task_id] = deadline
-            heapq.heappush(self._deadlines, (deadline, task_id, task.token))
+            deadlines.append((deadline, task_id, task.token))
             leased.append(_snapshot(task))
         if leased:
             self._signal(deadline)
@@ -284,7 +288,7 @@ class InMemoryBroker(AbstractBroker):
                 lost.add(task_id)
                 continue
             self._leases[task_id] = deadline
-            heapq.heappush(self._deadlines, (deadline, task_id, token))
+            self._deadlines.append((deadline, task_id, token))
             renewed.add(task_id)
             if task.cancel_requested:
                 cancels.add(task_id)
@@ -586,9 +590,13 @@ class InMemoryBroker(AbstractBroker):
         task.worker_id = None
         if status is _COMPLETED:
             task.progress = 1.0
-        expire_at = now + (self.dead_letter_ttl if status is _FAILED else self.result_ttl)
+        if status is _FAILED:
+            expire_at = now + self.dead_letter_ttl
+            self._dead_expiry.append((expire_at, task_id))
+        else:
+            expire_at = now + self.result_ttl
+            self._expiry.append((expire_at, task_id))
         self._expires[task_id] = expire_at
-        heapq.heappush(self._expiry, (expire_at, task_id))
         watchers = self._watchers.pop(task_id, None)
         if watchers:
             for future in watchers:
@@ -615,7 +623,7 @@ class InMemoryBroker(AbstractBroker):
         if deadlines and deadlines[0][0] <= now:
             budget = self._batch
             while deadlines and deadlines[0][0] <= now and budget:
-                deadline, task_id, token = heapq.heappop(deadlines)
+                deadline, task_id, token = deadlines.popleft()
                 task = self._tasks.get(task_id)
                 if (
                     task is not None
@@ -625,16 +633,16 @@ class InMemoryBroker(AbstractBroker):
                 ):
                     self._recover(task, now)
                     budget -= 1
-        expiry = self._expiry
-        if expiry and expiry[0][0] <= now:
-            budget = self._batch
-            while expiry and expiry[0][0] <= now and budget:
-                expire_at, task_id = heapq.heappop(expiry)
-                if self._expires.get(task_id) == expire_at:
-                    del self._expires[task_id]
-                    del self._tasks[task_id]
-                    self._order.pop(task_id, None)
-                    budget -= 1
+        for expiry in (self._expiry, self._dead_expiry):
+            if expiry and expiry[0][0] <= now:
+                budget = self._batch
+                while expiry and expiry[0][0] <= now and budget:
+                    expire_at, task_id = expiry.popleft()
+                    if self._expires.get(task_id) == expire_at:
+                        del self._expires[task_id]
+                        del self._tasks[task_id]
+                        self._order.pop(task_id, None)
+                        budget -= 1
 
     def _recover(self, task: Task, now: float) -> None:
         holder = task.worker_id or "unknown worker"
