@@ -862,7 +862,15 @@ class RedisBroker(AbstractBroker):
             raise DecodeError(f"task {task_id}: key {key} does not hold a task ({exc})") from None
         if not fields:
             return None
-        return self._decode(fields)
+        task = self._decode(fields)
+        return None if self._expired(task) else task
+
+    def _expired(self, task: Task) -> bool:
+        """True for a final task past its retention whose hash was not deleted yet."""
+        if task.finished_at is None or not task.is_final:
+            return False
+        keep = self.dead_letter_ttl if task.status is TaskStatus.FAILED else self.result_ttl
+        return task.finished_at.timestamp() + keep <= time.time()
 
     async def _tasks(self, ids: Sequence[str]) -> list[Task]:
         if not ids:
@@ -880,7 +888,9 @@ class RedisBroker(AbstractBroker):
             if not fields or isinstance(fields, Exception):
                 continue
             try:
-                tasks.append(self._decode(fields))
+                task = self._decode(fields)
+                if not self._expired(task):
+                    tasks.append(task)
             except DecodeError as exc:
                 logger.error(
                     "task %s: undecodable record skipped (%s)",

@@ -64,19 +64,19 @@ if max_tasks > 0 then
     local key = PREFIX .. id
     local h = read(key, unpack(LEASE_FIELDS))
     if h then
-      h[3] = 'processing'
-      h[4] = tostring(tonumber(h[4]) + 1)
       token = token + 1
-      h[6] = tostring(token)
-      h[11] = tostring(now)
-      redis.call('HSET', key, 'status', 'processing', 'attempts', h[4], 'token', h[6],
+      h[3] = 'processing'
+      h[4] = tonumber(h[4]) + 1
+      h[6] = token
+      h[11] = now
+      redis.call('HSET', key, 'status', 'processing', 'attempts', h[4], 'token', token,
         'worker', worker, 'started', now)
       deadlines[#deadlines + 1] = deadline
       deadlines[#deadlines + 1] = id
-      -- false (a missing field) would end the reply list early: send '' instead
-      for j = 1, #LEASE_FIELDS do
-        if not h[j] then
-          h[j] = ''
+      -- false (a field the record lacks) would cut the reply list short: send ''
+      if not (h[8] and h[9] and h[10]) then
+        for j = 1, #LEASE_FIELDS do
+          h[j] = h[j] or ''
         end
       end
       leased[#leased + 1] = h
@@ -89,6 +89,10 @@ if max_tasks > 0 then
   end
 end
 
+flush(now)
+if max_tasks == 0 then
+  trim(now)  -- the heartbeat's upkeep also deletes final tasks past their retention
+end
 if redis.call('ZCARD', K_READY) > 0 then
   wake()  -- work remains: pass the wake on to the next idle worker
 end
@@ -105,5 +109,4 @@ if f[2] then
     wait = until_deadline
   end
 end
-flush(now)
 return {wait, leased, bad, recovered}

@@ -20,7 +20,7 @@ for i = 0, n - 1 do
     local due = now + math.max(0, tonumber(ARGV[base + 3]))
     redis.call('HSET', key, 'id', id, 'data', ARGV[base + 1], 'status', 'pending',
       'attempts', 0, 'max_attempts', ARGV[base + 4], 'token', 0, 'score', score,
-      'due', due, 'progress', 0)
+      'due', due, 'progress', 0, 'error', '', 'cancel', '')
     if due <= now then
       ready[#ready + 1] = score
       ready[#ready + 1] = id

@@ -15,7 +15,8 @@ if token ~= '' then
     return 1  -- this holder's retry was recorded already
   end
 end
-local h, reply = check_holder(key, token, 'failed')
+local h, reply = check_holder(key, token, 'failed', 'attempts', 'max_attempts', 'cancel',
+  'score')
 if not h then
   return reply
 end

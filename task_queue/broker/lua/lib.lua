@@ -25,14 +25,15 @@ local K_FAILED, K_COMPLETED, K_CANCELLED = KEYS[4], KEYS[5], KEYS[6]
 local K_SEQ, K_WAKE = KEYS[7], KEYS[8]
 local PREFIX, CHANNEL = ARGV[1], ARGV[2]
 local RESULT_TTL, DEAD_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
-local TRIM_BATCH = 100
+local TRIM_BATCH = 500
 
 -- The fields a worker needs of a task it leases, in the order redis.py decodes them.
 local LEASE_FIELDS = {'id', 'data', 'status', 'attempts', 'max_attempts', 'token', 'due',
   'error', 'progress', 'cancel', 'started'}
 
-local finished_ids = {}   -- ids made final by this script run, published once at the end
-local touched = {}        -- final-state sets written by this run: set -> retention (ms)
+local finished_ids = {}   -- ids made final by this run, published once at the end
+local leaving = {}        -- set -> ids to remove from it, in one ZREM at the end
+local arriving = {}       -- final-state set -> {time, id, ...} to add in one ZADD at the end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -58,41 +59,72 @@ local function wake()
   redis.call('ZADD', K_WAKE, 0, 'w')
 end
 
--- Make the task final: out of the set that holds it (`from`: K_INFLIGHT, or nil for a
--- pending task), into the set of its final state, with a TTL. `extra` is a flat list of
--- more hash fields to set.
-local function finish(id, status, now, extra, from)
-  local key = PREFIX .. id
-  if from then
-    redis.call('ZREM', from, id)
-  else
-    redis.call('ZREM', K_READY, id)
-    redis.call('ZREM', K_DELAYED, id)
+local function later(list, set, value)
+  local items = list[set]
+  if not items then
+    items = {}
+    list[set] = items
   end
-  redis.call('HSET', key, 'status', status, 'finished', now, unpack(extra))
-  local set, ttl = K_COMPLETED, RESULT_TTL
+  items[#items + 1] = value
+end
+
+-- Make the task final: out of the set that holds it (`from`: K_INFLIGHT, or nil for a
+-- pending task), into the set of its final state. `extra` is a flat list of more hash
+-- fields to set. The set changes are made together by `flush`; the hash is deleted when
+-- its time in the final-state set is up (see `trim`).
+local function finish(id, status, now, extra, from)
+  if from then
+    later(leaving, from, id)
+  else
+    later(leaving, K_READY, id)
+    later(leaving, K_DELAYED, id)
+  end
+  redis.call('HSET', PREFIX .. id, 'status', status, 'finished', now, unpack(extra))
+  local set = K_COMPLETED
   if status == 'failed' then
-    set, ttl = K_FAILED, DEAD_TTL
+    set = K_FAILED
   elseif status == 'cancelled' then
     set = K_CANCELLED
   end
-  redis.call('ZADD', set, now, id)
-  redis.call('PEXPIRE', key, math.max(1, ttl))
-  touched[set] = ttl
+  later(arriving, set, now)
+  later(arriving, set, id)
   finished_ids[#finished_ids + 1] = #id .. ':' .. id
 end
 
--- Once per run: trim the final-state sets written to (their hashes expire by their own
--- TTL) and tell waiters which tasks became final.
-local function flush(now)
-  for set, ttl in pairs(touched) do
+-- Delete final tasks whose retention is over, a bounded batch per set per run.
+local function trim(now)
+  for set, ttl in pairs({[K_COMPLETED] = RESULT_TTL, [K_CANCELLED] = RESULT_TTL,
+                         [K_FAILED] = DEAD_TTL}) do
     local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - ttl, 'LIMIT', 0, TRIM_BATCH)
     if #old > 0 then
+      local keys = {}
+      for i, id in ipairs(old) do
+        keys[i] = PREFIX .. id
+      end
+      redis.call('DEL', unpack(keys))
       redis.call('ZREM', set, unpack(old))
     end
   end
-  if #finished_ids > 0 then
+end
+
+-- Once per run: apply the batched set changes, trim, and tell waiters which tasks
+-- became final.
+local function flush(now)
+  for set, ids in pairs(leaving) do
+    for i = 1, #ids, 1000 do
+      redis.call('ZREM', set, unpack(ids, i, math.min(i + 999, #ids)))
+    end
+  end
+  for set, items in pairs(arriving) do
+    for i = 1, #items, 1000 do
+      redis.call('ZADD', set, unpack(items, i, math.min(i + 999, #items)))
+    end
+  end
+  leaving, arriving = {}, {}
+  if next(finished_ids) then
+    trim(now)
     redis.call('PUBLISH', CHANNEL, table.concat(finished_ids))
+    finished_ids = {}
   end
 end
 
@@ -112,11 +144,11 @@ local function schedule(id, score, due, now)
 end
 
 -- Check that the caller may report `done` on the task. Returns the fields read (status,
--- token, attempts, max_attempts, cancel, score) when it may go on, or nil and the reply
--- to return at once: 1 already `done` by this holder (a repeated report), 0 refused
--- (stale holder), -1 no such task, -2 final already (an administrative call).
-local function check_holder(key, token, done)
-  local h = read(key, 'status', 'token', 'attempts', 'max_attempts', 'cancel', 'score')
+-- token, then the `more` fields asked for) when it may go on, or nil and the reply to
+-- return at once: 1 already `done` by this holder (a repeated report), 0 refused (stale
+-- holder), -1 no such task, -2 final already (an administrative call).
+local function check_holder(key, token, done, ...)
+  local h = read(key, 'status', 'token', ...)
   if not h then
     return nil, -1
   end
