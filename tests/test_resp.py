@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from task_queue import Task, TaskStatus
+from task_queue.broker.redis import RedisBroker
 from task_queue.broker.resp import FastConnection, pack
 from tests.conftest import REDIS_URL, require_real_redis, unique_prefix
 
@@ -81,3 +84,24 @@ async def test_unreachable_server_is_a_connection_error() -> None:
     with pytest.raises(redis_errors.ConnectionError):
         await connection.execute("PING")
     await connection.close()
+
+
+def test_works_under_uvloop() -> None:
+    """uvloop's transports are not asyncio.Transport subclasses: nothing may assume so."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> tuple[Any, Any]:
+        await require_real_redis()
+        broker = RedisBroker.from_url(REDIS_URL, prefix=unique_prefix())
+        try:
+            await broker.enqueue(Task("job"))
+            got = await broker.dequeue()
+            assert got is not None
+            await broker.mark_complete(got.id, "done", token=got.token)
+            final = await broker.wait_for(got.id, timeout=5)
+            return final.status, final.result
+        finally:
+            await broker.delete_all()
+            await broker.close()
+
+    assert uvloop.run(scenario()) == (TaskStatus.COMPLETED, "done")
