@@ -32,7 +32,7 @@ def _snapshot(t: Task) -> Task:
     # dataclasses.replace on a slotted dataclass; dicts are copied one level deep.
     return Task(
         t.name,
-        dict(t.payload),
+        dict(t.payload) if t.payload else {},
         t.priority,
         t.id,
         t.scheduled_at,
@@ -46,7 +46,7 @@ def _snapshot(t: Task) -> Task:
         t.started_at,
         t.finished_at,
         t.progress,
-        dict(t.metadata),
+        dict(t.metadata) if t.metadata else {},
         t.token,
         t.worker_id,
         t.cancel_requested,
@@ -580,9 +580,12 @@ class InMemoryBroker(AbstractBroker):
         error: TaskError | None = None,
     ) -> None:
         task_id = task.id
-        self._leases.pop(task_id, None)
-        self._queued.pop(task_id, None)
-        self._cancel_reasons.pop(task_id, None)
+        if task.status is _PROCESSING:
+            self._leases.pop(task_id, None)
+        else:
+            self._queued.pop(task_id, None)
+        if self._cancel_reasons:
+            self._cancel_reasons.pop(task_id, None)
         task.status = status
         task.result = result
         task.error = error
@@ -597,7 +600,7 @@ class InMemoryBroker(AbstractBroker):
             expire_at = now + self.result_ttl
             self._expiry.append((expire_at, task_id))
         self._expires[task_id] = expire_at
-        watchers = self._watchers.pop(task_id, None)
+        watchers = self._watchers.pop(task_id, None) if self._watchers else None
         if watchers:
             for future in watchers:
                 if not future.done():
