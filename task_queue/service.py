@@ -805,8 +805,8 @@ class TaskQueueService:
         failures = 0
         while True:
             await asyncio.sleep(interval)
-            if not self._held:
-                continue
+            # Renew even with no leases: the call also runs the broker's upkeep (recovery of
+            # other workers' expired leases, deleting tasks past their retention).
             leases = {task_id: lease.token for task_id, lease in self._held.items()}
             try:
                 outcome = await self.broker.renew(leases)

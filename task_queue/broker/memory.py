@@ -651,6 +651,13 @@ class InMemoryBroker(AbstractBroker):
         holder = task.worker_id or "unknown worker"
         self._fence(task)
         if task.cancel_requested:
+            logger.warning(
+                "task %s [%s]: lease of %s expired after a cancel request; cancelled",
+                task.id,
+                task.name,
+                holder,
+                extra={"task_id": task.id, "task_name": task.name},
+            )
             self._finish(task, _CANCELLED, now, error=self._cancel_error(task.id))
             return
         if task.attempts >= task.max_attempts:

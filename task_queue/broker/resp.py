@@ -49,8 +49,8 @@ def _error(message: str) -> redis_errors.RedisError:
     if message.startswith(("WRONGPASS", "NOAUTH", "invalid password")):
         return redis_errors.AuthenticationError(message)
     if message.startswith("NOPERM"):
-        return redis_errors.AuthorizationError(message)
-    if message.startswith("BUSY"):
+        return redis_errors.NoPermissionError(message)
+    if message.startswith("LOADING"):  # a restarted server reading its data: retried
         return redis_errors.BusyLoadingError(message)
     return redis_errors.ResponseError(message)
 

@@ -642,3 +642,20 @@ async def test_cancelling_or_handing_back_fences_the_old_holder(broker: Abstract
     await broker.cancel(held.id)
     await broker.release(held.id, token=held.token)
     assert not await broker.mark_cancelled(held.id, token=held.token)
+
+
+async def test_an_id_is_free_again_once_its_task_expired(broker_factory: BrokerFactory) -> None:
+    broker = await broker_factory(result_ttl=0.1)
+    first = make(payload={"v": 1})
+    first.id = "again"
+    await broker.enqueue(first)
+    got = await broker.dequeue()
+    assert got is not None
+    await broker.mark_complete(got.id, token=got.token)
+    await asyncio.sleep(0.3)  # the retention is what is under test: let it pass
+    with pytest.raises(TaskNotFoundError):
+        await broker.requeue("again")
+    second = make(payload={"v": 2})
+    second.id = "again"
+    stored = await broker.enqueue(second)
+    assert stored.status is TaskStatus.PENDING and stored.payload == {"v": 2}

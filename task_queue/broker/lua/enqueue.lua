@@ -12,7 +12,12 @@ for i = 0, n - 1 do
   local base = 6 + i * 5
   local id = ARGV[base]
   local key = PREFIX .. id
-  if redis.call('EXISTS', key) == 1 then
+  local exists = redis.call('EXISTS', key) == 1
+  if exists and expired(key, now) then
+    forget(id)  -- gone for every reader already: the id is free again
+    exists = false
+  end
+  if exists then
     out[#out + 1] = 0
   else
     local seq = (last - n + 1 + i) % 4294967296

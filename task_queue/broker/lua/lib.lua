@@ -128,6 +128,30 @@ local function flush(now)
   end
 end
 
+-- True when the hash at `key` is a final task past its retention: reads hide it already
+-- and the next trim deletes it, so it counts as gone.
+local function expired(key, now)
+  local h = read(key, 'status', 'finished')
+  if not h or not h[2] then
+    return false
+  end
+  local ttl = RESULT_TTL
+  if h[1] == 'failed' then
+    ttl = DEAD_TTL
+  elseif h[1] ~= 'completed' and h[1] ~= 'cancelled' then
+    return false
+  end
+  return now - tonumber(h[2]) >= ttl
+end
+
+-- Delete a final task past its retention at once (see `expired`).
+local function forget(id)
+  redis.call('DEL', PREFIX .. id)
+  redis.call('ZREM', K_COMPLETED, id)
+  redis.call('ZREM', K_FAILED, id)
+  redis.call('ZREM', K_CANCELLED, id)
+end
+
 -- Put a pending task where it belongs: ready now, or delayed until `due`. It keeps its
 -- score, so a task handed back or retried keeps its place among equal priorities.
 local function schedule(id, score, due, now)

@@ -5,18 +5,17 @@
 
 local id, delay = ARGV[5], tonumber(ARGV[6])
 local key = PREFIX .. id
+local now = now_ms()
 local h = read(key, 'status', 'score')
-if not h then
+if not h or expired(key, now) then
   return -1
 end
 if h[1] ~= 'completed' and h[1] ~= 'failed' and h[1] ~= 'cancelled' then
   return -2
 end
-local now = now_ms()
 redis.call('ZREM', K_COMPLETED, id)
 redis.call('ZREM', K_FAILED, id)
 redis.call('ZREM', K_CANCELLED, id)
-redis.call('PERSIST', key)
 redis.call('HDEL', key, 'result', 'error', 'worker', 'started', 'finished', 'cancel',
   'reason', 'lost')
 local due = now + delay
