@@ -39,6 +39,7 @@ from ..codec import dumps, loads
 from ..errors import (
     BrokerConnectionError,
     DecodeError,
+    PayloadError,
     TaskNotFoundError,
     TaskStateError,
 )
@@ -411,22 +412,24 @@ class RedisBroker(AbstractBroker):
     # ----------------------------------------------------------------- encoding
 
     @staticmethod
-    def _static(task: Task) -> tuple[str, str, str]:
-        """The task's unchanging fields as JSON, plus its payload and metadata JSON."""
-        payload = dumps(task.payload, "payload")
-        metadata = dumps(task.metadata, "metadata")
-        head = dumps(
-            {
-                "id": task.id,
-                "name": task.name,
-                "priority": task.priority,
-                "created_at": task.created_at.timestamp(),
-                "max_retries": task.max_retries,
-                "timeout": task.timeout,
-            },
-            "task",
-        )
-        return f'{head[:-1]},"payload":{payload},"metadata":{metadata}}}', payload, metadata
+    def _static(task: Task) -> str:
+        """The task's unchanging fields as JSON: payload and metadata included."""
+        fields = {
+            "id": task.id,
+            "name": task.name,
+            "priority": task.priority,
+            "created_at": task.created_at.timestamp(),
+            "max_retries": task.max_retries,
+            "timeout": task.timeout,
+            "payload": task.payload,
+            "metadata": task.metadata,
+        }
+        try:
+            return dumps(fields, "task")
+        except PayloadError:
+            dumps(task.payload, "payload")  # raise naming the field as the user knows it
+            dumps(task.metadata, "metadata")
+            raise
 
     def _decode(self, fields: Mapping[Any, Any] | Sequence[Any]) -> Task:
         """Build a Task from a task hash (an HGETALL dict or flat reply list)."""
@@ -496,14 +499,14 @@ class RedisBroker(AbstractBroker):
 
     # ----------------------------------------------------------------- producing
 
-    def _enqueue_args(self, task: Task, now: float) -> tuple[list[Any], str, str]:
+    def _enqueue_args(self, task: Task, now: float) -> tuple[list[Any], str]:
         if type(task.priority) is not int:
             raise TypeError(f"priority must be an int, got {task.priority!r}")
         if abs(task.priority) > MAX_PRIORITY:
             raise ValueError(f"priority must be within +-{MAX_PRIORITY}, got {task.priority}")
-        data, payload, metadata = self._static(task)
+        data = self._static(task)
         delay_ms = max(0, int((task.scheduled_at.timestamp() - now) * 1000))
-        return [task.id, data, task.priority, delay_ms, task.max_retries + 1], payload, metadata
+        return [task.id, data, task.priority, delay_ms, task.max_retries + 1], data
 
     async def enqueue(self, task: Task) -> Task:
         """See `AbstractBroker.enqueue`."""
@@ -515,26 +518,42 @@ class RedisBroker(AbstractBroker):
             return []
         now = time.time()
         args: list[Any] = []
-        encoded: list[tuple[str, str]] = []
+        encoded: list[str] = []
         for task in tasks:
-            task_args, payload, metadata = self._enqueue_args(task, now)
+            task_args, data = self._enqueue_args(task, now)
             args.extend(task_args)
-            encoded.append((payload, metadata))
+            encoded.append(data)
         # Bounded script runs: at most _ENQUEUE_BATCH tasks each. Every task was encoded
         # above, so a bad payload stored nothing; a connection lost between two batches
         # leaves the first ones stored, and a retry of the call is safe (idempotent ids).
-        flags: list[Any] = []
         width = 5
-        for start in range(0, len(tasks), _ENQUEUE_BATCH):
-            part = args[start * width : (start + _ENQUEUE_BATCH) * width]
-            flags += await self._script("enqueue", len(part) // width, *part)
+        parts = [
+            args[start * width : (start + _ENQUEUE_BATCH) * width]
+            for start in range(0, len(tasks), _ENQUEUE_BATCH)
+        ]
+        flags: list[Any] = []
+        if self._fast is not None and len(parts) > 1:
+            # One connection keeps the batches in order; sent together, the server runs
+            # one while the replies of the others travel. (The settings check may await,
+            # and must not let a later batch overtake the first.)
+            await self._ensure_checked()
+            replies = await asyncio.gather(
+                *(self._script("enqueue", len(part) // width, *part) for part in parts)
+            )
+            for reply in replies:
+                flags += reply
+        else:
+            for part in parts:
+                flags += await self._script("enqueue", len(part) // width, *part)
         stored: list[Task] = []
-        for task, (payload, metadata), flag in zip(tasks, encoded, flags, strict=True):
+        for task, data, flag in zip(tasks, encoded, flags, strict=True):
             if int(flag) == 1:
+                # What the store holds, read back: JSON's view of payload and metadata.
+                static = loads(data)
                 stored.append(
                     Task(
                         task.name,
-                        loads(payload),
+                        static["payload"],
                         task.priority,
                         task.id,
                         task.scheduled_at,
@@ -543,7 +562,7 @@ class RedisBroker(AbstractBroker):
                         0,
                         task.max_retries,
                         task.timeout,
-                        metadata=loads(metadata),
+                        metadata=static["metadata"],
                     )
                 )
                 continue

@@ -66,7 +66,7 @@ if max_tasks > 0 then
     if h then
       token = token + 1
       h[3] = 'processing'
-      h[4] = tonumber(h[4]) + 1
+      h[4] = (tonumber(h[4]) or 0) + 1
       h[6] = token
       h[11] = now
       redis.call('HSET', key, 'status', 'processing', 'attempts', h[4], 'token', token,
@@ -74,10 +74,8 @@ if max_tasks > 0 then
       deadlines[#deadlines + 1] = deadline
       deadlines[#deadlines + 1] = id
       -- false (a field the record lacks) would cut the reply list short: send ''
-      if not (h[8] and h[9] and h[10]) then
-        for j = 1, #LEASE_FIELDS do
-          h[j] = h[j] or ''
-        end
+      for j = 7, 10 do
+        h[j] = h[j] or ''
       end
       leased[#leased + 1] = h
     else

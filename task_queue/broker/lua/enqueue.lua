@@ -23,9 +23,9 @@ for i = 0, n - 1 do
     local seq = (last - n + 1 + i) % 4294967296
     local score = tonumber(ARGV[base + 2]) * 4294967296 + seq
     local due = now + math.max(0, tonumber(ARGV[base + 3]))
+    -- attempts, token and progress start absent and read as 0
     redis.call('HSET', key, 'id', id, 'data', ARGV[base + 1], 'status', 'pending',
-      'attempts', 0, 'max_attempts', ARGV[base + 4], 'token', 0, 'score', score,
-      'due', due, 'progress', 0, 'error', '', 'cancel', '')
+      'max_attempts', ARGV[base + 4], 'score', score, 'due', due)
     if due <= now then
       ready[#ready + 1] = score
       ready[#ready + 1] = id

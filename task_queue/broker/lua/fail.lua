@@ -23,7 +23,7 @@ end
 local from = holder_set(h[1])
 if h[5] == '1' then
   finish(id, 'cancelled', now, {}, from)
-elseif retry ~= '' and tonumber(h[3]) < tonumber(h[4]) then
+elseif retry ~= '' and (tonumber(h[3]) or 0) < tonumber(h[4]) then
   local due = now + tonumber(retry)
   redis.call('ZREM', K_INFLIGHT, id)
   redis.call('HSET', key, 'status', 'pending', 'error', err, 'due', due, 'worker', '')
