@@ -61,6 +61,65 @@ def _as_error(error: TaskError | BaseException | str) -> TaskError:
     return TaskError("Error", str(error))
 
 
+class _ReadyQueue:
+    """Due tasks, best first: lowest priority number, then first-enqueue order.
+
+    Tasks nearly always arrive in order within their priority, so each priority keeps a
+    FIFO deque (O(1) both ends) and only a task that comes back ahead of later ones (a
+    hand-back, retry or recovery keeps its original place) goes to a small per-priority
+    heap. A heap of the priorities present picks the next one. Entries may be stale; the
+    broker skips those when it pops them.
+    """
+
+    __slots__ = ("_fifo", "_late", "_priorities", "_size")
+
+    def __init__(self) -> None:
+        self._fifo: dict[int, deque[tuple[int, int, str]]] = {}
+        self._late: dict[int, list[tuple[int, int, str]]] = {}
+        self._priorities: list[int] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, priority: int, order: int, seq: int, task_id: str) -> None:
+        fifo = self._fifo.get(priority)
+        if fifo is None:
+            fifo = self._fifo[priority] = deque()
+            self._late[priority] = []
+            heapq.heappush(self._priorities, priority)
+        entry = (order, seq, task_id)
+        if not fifo or fifo[-1][0] <= order:
+            fifo.append(entry)
+        else:
+            heapq.heappush(self._late[priority], entry)
+        self._size += 1
+
+    def pop(self) -> tuple[int, int, str]:
+        """Remove and return the best (order, seq, task id); the queue must not be empty."""
+        priority = self._priorities[0]
+        fifo = self._fifo[priority]
+        late = self._late[priority]
+        take_late = late and (not fifo or late[0] < fifo[0])
+        entry = heapq.heappop(late) if take_late else fifo.popleft()
+        self._size -= 1
+        if not fifo and not late:
+            heapq.heappop(self._priorities)
+            del self._fifo[priority]
+            del self._late[priority]
+        return entry
+
+    def retain(self, live: dict[str, int]) -> None:
+        """Drop every entry whose task id is not a key of `live`."""
+        entries = []
+        for priority in self._priorities:
+            entries += [(priority, *e) for e in self._fifo[priority] if e[2] in live]
+            entries += [(priority, *e) for e in self._late[priority] if e[2] in live]
+        self.__init__()  # type: ignore[misc]
+        for priority, order, seq, task_id in sorted(entries):
+            self.push(priority, order, seq, task_id)
+
+
 class _Waiter:
     __slots__ = ("future", "wake_at")
 
@@ -97,7 +156,7 @@ class InMemoryBroker(AbstractBroker):
         self.dead_letter_ttl = float(dead_letter_ttl)
         self._batch = maintenance_batch
         self._tasks: dict[str, Task] = {}
-        self._ready: list[tuple[int, int, int, str]] = []
+        self._ready = _ReadyQueue()
         self._order: dict[str, int] = {}
         self._delayed: list[tuple[float, int, str]] = []
         self._queued: dict[str, int] = {}
@@ -167,7 +226,7 @@ class InMemoryBroker(AbstractBroker):
         self._queued[task.id] = seq
         order = self._order.setdefault(task.id, seq)
         if due <= now:
-            heapq.heappush(self._ready, (task.priority, order, seq, task.id))
+            self._ready.push(task.priority, order, seq, task.id)
             self._signal(now)
         else:
             heapq.heappush(self._delayed, (due, seq, task.id))
@@ -256,7 +315,7 @@ class InMemoryBroker(AbstractBroker):
         deadlines = self._deadlines
         leased: list[Task] = []
         while ready and len(leased) < max_tasks:
-            _, _, seq, task_id = heapq.heappop(ready)
+            _, seq, task_id = ready.pop()
             if queued.get(task_id) != seq:
                 continue
             del queued[task_id]
@@ -502,9 +561,8 @@ class InMemoryBroker(AbstractBroker):
                 if not future.done():
                     future.set_result(None)
         if status is _PENDING:
-            self._ready = [e for e in self._ready if e[-1] in self._queued]
+            self._ready.retain(self._queued)
             self._delayed = [e for e in self._delayed if e[-1] in self._queued]
-            heapq.heapify(self._ready)
             heapq.heapify(self._delayed)
         return len(doomed)
 
@@ -619,8 +677,8 @@ class InMemoryBroker(AbstractBroker):
             while delayed and delayed[0][0] <= now and budget:
                 _, seq, task_id = heapq.heappop(delayed)
                 if queued.get(task_id) == seq:
-                    entry = (self._tasks[task_id].priority, self._order[task_id], seq, task_id)
-                    heapq.heappush(self._ready, entry)
+                    priority = self._tasks[task_id].priority
+                    self._ready.push(priority, self._order[task_id], seq, task_id)
                     budget -= 1
         deadlines = self._deadlines
         if deadlines and deadlines[0][0] <= now:
