@@ -450,8 +450,11 @@ class TaskQueueService:
         try:
             while True:
                 lease: _Lease | None
-                if self._buffer and not self._stopping:
-                    lease = self._take()
+                buffer = self._buffer
+                if buffer and not self._stopping:
+                    lease = buffer.popleft()
+                    if buffer and not self._waking:
+                        self._wake_idle()
                 else:
                     lease = await self._wait_for_lease()
                     if lease is None:

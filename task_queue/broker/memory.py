@@ -313,6 +313,8 @@ class InMemoryBroker(AbstractBroker):
         deadline = now + self.lease_seconds
         started = datetime.fromtimestamp(now, UTC)
         deadlines = self._deadlines
+        leases = self._leases
+        token = self._tokens
         leased: list[Task] = []
         while ready and len(leased) < max_tasks:
             _, seq, task_id = ready.pop()
@@ -320,15 +322,16 @@ class InMemoryBroker(AbstractBroker):
                 continue
             del queued[task_id]
             task = tasks[task_id]
+            token += 1
             task.status = _PROCESSING
             task.attempts += 1
-            self._tokens += 1
-            task.token = self._tokens
+            task.token = token
             task.worker_id = worker_id
             task.started_at = started
-            self._leases[task_id] = deadline
-            deadlines.append((deadline, task_id, task.token))
+            leases[task_id] = deadline
+            deadlines.append((deadline, task_id, token))
             leased.append(_snapshot(task))
+        self._tokens = token
         if leased:
             self._signal(deadline)
         return leased
@@ -397,11 +400,18 @@ class InMemoryBroker(AbstractBroker):
         self, task_id: str, result: Any = None, *, token: int | None = None
     ) -> bool:
         """See `AbstractBroker.mark_complete`."""
-        task = self._held(task_id, token, _COMPLETED)
-        if task is None:
-            return self._repeat(task_id, token, _COMPLETED)
-        value = normalize(result, "result")
-        self._finish(task, _COMPLETED, time.time(), result=value)
+        task = self._tasks.get(task_id)
+        if not (
+            task is not None
+            and token is not None
+            and task.token == token
+            and task.status is _PROCESSING
+        ):  # anything but the current holder's first report: the general checks
+            task = self._held(task_id, token, _COMPLETED)
+            if task is None:
+                return self._repeat(task_id, token, _COMPLETED)
+        value = None if result is None else normalize(result, "result")
+        self._finish(task, _COMPLETED, time.time(), value, None)
         return True
 
     async def mark_failed(
@@ -633,7 +643,6 @@ class InMemoryBroker(AbstractBroker):
         task: Task,
         status: TaskStatus,
         now: float,
-        *,
         result: Any = None,
         error: TaskError | None = None,
     ) -> None:
