@@ -170,6 +170,8 @@ class InMemoryBroker(AbstractBroker):
         self._cancel_reasons: dict[str, str] = {}
         self._seq = 0
         self._tokens = 0  # fencing tokens come from one counter: never reused, even after purge
+        self._stamp_ms = -1
+        self._stamp_dt = datetime.fromtimestamp(0, UTC)
         self._waiters: list[_Waiter] = []
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._closed = False
@@ -311,7 +313,7 @@ class InMemoryBroker(AbstractBroker):
         queued = self._queued
         tasks = self._tasks
         deadline = now + self.lease_seconds
-        started = datetime.fromtimestamp(now, UTC)
+        started = self._stamp(now)
         deadlines = self._deadlines
         leases = self._leases
         token = self._tokens
@@ -656,7 +658,7 @@ class InMemoryBroker(AbstractBroker):
         task.status = status
         task.result = result
         task.error = error
-        task.finished_at = datetime.fromtimestamp(now, UTC)
+        task.finished_at = self._stamp(now)
         task.worker_id = None
         if status is _COMPLETED:
             task.progress = 1.0
@@ -672,6 +674,17 @@ class InMemoryBroker(AbstractBroker):
             for future in watchers:
                 if not future.done():
                     future.set_result(None)
+
+    def _stamp(self, now: float) -> datetime:
+        """`now` as an aware datetime, to the millisecond (as Redis keeps it).
+
+        At high rates many tasks finish within one millisecond and share one object.
+        """
+        ms = int(now * 1000)
+        if ms != self._stamp_ms:
+            self._stamp_ms = ms
+            self._stamp_dt = datetime.fromtimestamp(ms / 1000, UTC)
+        return self._stamp_dt
 
     def _maintain(self, now: float) -> None:
         """Promote due delayed tasks, recover expired leases, drop expired final tasks.
