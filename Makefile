@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench-memory clean
+.PHONY: demo test lint typecheck unit bench-memory bench-redis clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ unit: $(VENV)/.dev
 
 bench-memory: $(VENV)/.core
 	$(PY) benchmarks/memory.py
+
+bench-redis: $(VENV)/.dev
+	$(PY) benchmarks/redis.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
