@@ -273,6 +273,7 @@ class RedisBroker(AbstractBroker):
         self._subscribed: asyncio.Event | None = None
         self._closed = False
         self._fast: FastConnection | None = None
+        self._fast_block: FastConnection | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
@@ -292,6 +293,7 @@ class RedisBroker(AbstractBroker):
         broker = cls(client, url=url, owns_client=True, **options)
         if FastConnection is not None and FastConnection.supports(url):
             broker._fast = FastConnection(url)
+            broker._fast_block = FastConnection(url)  # BZPOPMIN only: it blocks its line
         return broker
 
     @staticmethod
@@ -706,6 +708,8 @@ class RedisBroker(AbstractBroker):
                 await asyncio.sleep(min(wait, 0.1))
 
     async def _block_on_wake(self) -> Any:
+        if self._fast_block is not None:
+            return await self._fast_block.execute("BZPOPMIN", self._keys[7], self.max_idle_wait)
         return await self.client.bzpopmin(self._keys[7], timeout=self.max_idle_wait)
 
     def _wake_done(self, task: asyncio.Task[Any]) -> None:
@@ -1063,8 +1067,9 @@ class RedisBroker(AbstractBroker):
         self._wake_task = None
         self._listener = None
         self._wake_watchers(None)
-        if self._fast is not None:
-            await self._fast.close()
+        for connection in (self._fast, self._fast_block):
+            if connection is not None:
+                await connection.close()
         if self._owns_client:
             await self.client.aclose()
 
