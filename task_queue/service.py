@@ -867,6 +867,8 @@ class TaskQueueService:
                             lease.slot.cancel()
                     await asyncio.wait(late)
             for lease in list(self._held.values()):
+                if lease.slot is not None and lease.slot is me:
+                    continue  # shutdown() called from an executor: its own task goes on
                 await self._release(lease)
         finally:
             if self._heartbeat is not None:

@@ -489,3 +489,18 @@ async def test_shutdown_right_after_start_leaves_no_live_worker(make_service: An
     task = await service.add_task("noop")
     with pytest.raises(TimeoutError):
         await service.wait_for(task.id, timeout=0.1)
+
+
+async def test_shutdown_called_from_an_executor_keeps_its_own_task(make_service: Any) -> None:
+    service = await make_service({"noop": noop})
+
+    async def stopper(task: Task) -> str:
+        await service.shutdown(grace=1)
+        return "stopped the service"
+
+    service.register("stopper", stopper)
+    service.start_workers(2)
+    task = await service.add_task("stopper")
+    final = await service.wait_for(task.id, timeout=5)
+    assert final.status is TaskStatus.COMPLETED and final.attempts == 1
+    assert final.result == "stopped the service"

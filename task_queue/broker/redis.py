@@ -115,6 +115,7 @@ def _split_ids(message: Any) -> list[str]:
 
 
 _ENQUEUE_BATCH = 1000
+_LEASE_BATCH = 1000  # most tasks one dequeue or renew script handles
 
 _LEASE_FIELDS = (
     "id",
@@ -586,6 +587,7 @@ class RedisBroker(AbstractBroker):
         """See `AbstractBroker.dequeue_many`."""
         if max_tasks < 1:
             raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
+        max_tasks = min(max_tasks, _LEASE_BATCH)  # bounded script runs
         loop = asyncio.get_running_loop()
         give_up = None if timeout is None else loop.time() + timeout
         lease_ms = int(self.lease_seconds * 1000)
@@ -599,9 +601,16 @@ class RedisBroker(AbstractBroker):
                 # swallowed the cancellation): hand back what was leased, then stop.
                 await self._hand_back(raw)
                 raise asyncio.CancelledError
-            leased = []
-            for values in raw:
-                task = await self._accept(values, worker_id)
+            leased: list[Task] = []
+            for index, values in enumerate(raw):
+                try:
+                    task = await self._accept(values, worker_id)
+                except asyncio.CancelledError:
+                    # Cancelled while failing an undecodable record: nothing leased here
+                    # may be left held by a caller that is gone.
+                    await self._release_tasks(leased)
+                    await self._hand_back(raw[index + 1 :])
+                    raise
                 if task is not None:
                     leased.append(task)
             if leased:
@@ -642,6 +651,13 @@ class RedisBroker(AbstractBroker):
         for values in raw:
             fields = dict(zip(_LEASE_FIELDS, values, strict=False))
             pairs += [_text(fields["id"]), _text(fields["token"])]
+        if pairs:
+            await self._script("release", *pairs)
+
+    async def _release_tasks(self, tasks: Sequence[Task]) -> None:
+        pairs: list[Any] = []
+        for task in tasks:
+            pairs += [task.id, task.token]
         if pairs:
             await self._script("release", *pairs)
 
@@ -730,11 +746,13 @@ class RedisBroker(AbstractBroker):
         self._report_upkeep(bad, recovered)
         if not leases:
             return RenewResult()
-        args: list[Any] = [int(self.lease_seconds * 1000)]
         ids = list(leases)
-        for task_id in ids:
-            args.extend((task_id, leases[task_id]))
-        codes = await self._script("renew", *args)
+        codes: list[Any] = []
+        for start in range(0, len(ids), _LEASE_BATCH):
+            args: list[Any] = [int(self.lease_seconds * 1000)]
+            for task_id in ids[start : start + _LEASE_BATCH]:
+                args.extend((task_id, leases[task_id]))
+            codes += await self._script("renew", *args)
         renewed = {i for i, c in zip(ids, codes, strict=True) if int(c) > 0}
         cancels = {i for i, c in zip(ids, codes, strict=True) if int(c) == 2}
         lost = set(ids) - renewed

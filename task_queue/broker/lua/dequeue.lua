@@ -82,9 +82,7 @@ if max_tasks > 0 then
       bad[#bad + 1] = id
     end
   end
-  if #deadlines > 0 then
-    redis.call('ZADD', K_INFLIGHT, unpack(deadlines))
-  end
+  zadd_all(K_INFLIGHT, deadlines)
 end
 
 flush(now)

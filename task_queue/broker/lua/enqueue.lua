@@ -37,12 +37,12 @@ for i = 0, n - 1 do
   end
 end
 if #ready > 0 then
-  redis.call('ZADD', K_READY, unpack(ready))
+  zadd_all(K_READY, ready)
   wake()
 end
 if #delayed > 0 then
   local before = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
-  redis.call('ZADD', K_DELAYED, unpack(delayed))
+  zadd_all(K_DELAYED, delayed)
   local after = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
   if before[2] ~= after[2] then
     wake()  -- the earliest due time moved: idle workers must recompute their wait

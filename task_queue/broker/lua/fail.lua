@@ -26,6 +26,8 @@ if h[5] == '1' then
 elseif retry ~= '' and (tonumber(h[3]) or 0) < tonumber(h[4]) then
   local due = now + tonumber(retry)
   redis.call('ZREM', K_INFLIGHT, id)
+  redis.call('ZREM', K_READY, id)    -- an administrative retry of a pending task:
+  redis.call('ZREM', K_DELAYED, id)  -- it must leave the set it is queued in
   redis.call('HSET', key, 'status', 'pending', 'error', err, 'due', due, 'worker', '')
   schedule(id, h[6], due, now)
 else

@@ -50,6 +50,13 @@ local function read(key, ...)
   return r
 end
 
+-- ZADD `items` ({score, member, ...}) to `set` in slices: unpack has a limit.
+local function zadd_all(set, items)
+  for i = 1, #items, 1000 do
+    redis.call('ZADD', set, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+
 -- Give the task a new fencing token: every report of its last holder is refused now.
 local function fence(key)
   redis.call('HSET', key, 'token', redis.call('INCR', K_SEQ))
@@ -116,9 +123,7 @@ local function flush(now)
     end
   end
   for set, items in pairs(arriving) do
-    for i = 1, #items, 1000 do
-      redis.call('ZADD', set, unpack(items, i, math.min(i + 999, #items)))
-    end
+    zadd_all(set, items)
   end
   leaving, arriving = {}, {}
   if next(finished_ids) then

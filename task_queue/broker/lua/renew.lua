@@ -20,7 +20,5 @@ for i = 6, #ARGV, 2 do
   end
   out[#out + 1] = reply
 end
-if #deadlines > 0 then
-  redis.call('ZADD', K_INFLIGHT, unpack(deadlines))
-end
+zadd_all(K_INFLIGHT, deadlines)
 return out
