@@ -301,3 +301,20 @@ async def test_unsafe_settings_are_warned_about(caplog: pytest.LogCaptureFixture
     finally:
         await broker.delete_all()
         await broker.close()
+
+
+@REDIS_KINDS
+async def test_a_dequeue_rerun_after_a_lost_reply_returns_the_same_tasks(
+    broker: RedisBroker,
+) -> None:
+    await broker.enqueue_many([Task("job") for _ in range(10)])
+    args = ("dequeue", 4, 30_000, "w1", 100, "request-1")
+    first = await broker._script(*args)
+    again = await broker._script(*args)  # as if the first reply never arrived
+    ids = [bytes(values[0]) for values in first[1]]
+    assert len(ids) == 4
+    assert [bytes(values[0]) for values in again[1]] == ids
+    counts = await broker.count_tasks()
+    assert counts[TaskStatus.PROCESSING] == 4 and counts[TaskStatus.PENDING] == 6
+    other = await broker._script("dequeue", 4, 30_000, "w1", 100, "request-2")
+    assert len(other[1]) == 4 and not {bytes(v[0]) for v in other[1]} & set(ids)

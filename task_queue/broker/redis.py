@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -629,8 +630,10 @@ class RedisBroker(AbstractBroker):
 
     async def _lease(self, max_tasks: int, lease_ms: int, worker: str) -> tuple[int, list[Any]]:
         """Run the dequeue script to its end even if our caller is cancelled meanwhile."""
+        # A retry after a lost reply sends the same request id and gets the same tasks.
+        request = uuid.uuid4().hex
         call = asyncio.ensure_future(
-            self._script("dequeue", max_tasks, lease_ms, worker, self.maintenance_batch)
+            self._script("dequeue", max_tasks, lease_ms, worker, self.maintenance_batch, request)
         )
         try:
             reply = await asyncio.shield(call)
@@ -742,7 +745,8 @@ class RedisBroker(AbstractBroker):
 
     async def renew(self, leases: Mapping[str, int]) -> RenewResult:
         """See `AbstractBroker.renew`; also runs the upkeep of recovery and promotion."""
-        _, _, bad, recovered = await self._script("dequeue", 0, 0, "", self.maintenance_batch)
+        upkeep = await self._script("dequeue", 0, 0, "", self.maintenance_batch, "")
+        _, _, bad, recovered = upkeep
         self._report_upkeep(bad, recovered)
         if not leases:
             return RenewResult()

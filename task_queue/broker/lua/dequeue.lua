@@ -1,7 +1,10 @@
 -- dequeue.lua: promote due delayed tasks, recover expired leases, then lease up to N
 -- ready tasks, best first. With N = 0 it only does the upkeep (the heartbeat's call).
 -- KEYS and ARGV 1-4: see lib.lua.
--- ARGV 5 max tasks to lease, 6 lease length (ms), 7 worker id, 8 upkeep batch size.
+-- ARGV 5 max tasks to lease, 6 lease length (ms), 7 worker id, 8 upkeep batch size,
+--      9 request id ('' = none): a caller that lost the reply runs the script again with
+--      the same request id and gets the tasks of the first run back, still leased to it,
+--      instead of a second batch (the list `<seq>:req:<id>` lives as long as the lease).
 -- Returns: {wait, leased, bad, recovered}: wait is the ms until the next due time or
 -- lease deadline (-1 when none); leased holds, per leased task, its LEASE_FIELDS values
 -- (see lib.lua); bad the ids found in a queue set with no task hash behind them
@@ -9,9 +12,27 @@
 -- "failed" (attempts used up) or "cancelled".
 
 local max_tasks, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
-local worker, batch = ARGV[7], tonumber(ARGV[8])
+local worker, batch, request = ARGV[7], tonumber(ARGV[8]), ARGV[9] or ''
 local now = now_ms()
 local bad, recovered = {}, {}
+
+local request_key = K_SEQ .. ':req:' .. request
+if request ~= '' and max_tasks > 0 then
+  local earlier = redis.call('LRANGE', request_key, 0, -1)
+  if #earlier > 0 then
+    local again = {}
+    for i = 1, #earlier, 2 do
+      local h = read(PREFIX .. earlier[i], unpack(LEASE_FIELDS))
+      if h and h[3] == 'processing' and h[6] == earlier[i + 1] then
+        for j = 7, 11 do
+          h[j] = h[j] or ''
+        end
+        again[#again + 1] = h
+      end
+    end
+    return {0, again, {}, {}}
+  end
+end
 
 local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, batch)
 for _, id in ipairs(due) do
@@ -73,6 +94,9 @@ if max_tasks > 0 then
         'worker', worker, 'started', now)
       deadlines[#deadlines + 1] = deadline
       deadlines[#deadlines + 1] = id
+      if request ~= '' then
+        redis.call('RPUSH', request_key, id, token)
+      end
       -- false (a field the record lacks) would cut the reply list short: send ''
       for j = 7, 10 do
         h[j] = h[j] or ''
@@ -83,6 +107,9 @@ if max_tasks > 0 then
     end
   end
   zadd_all(K_INFLIGHT, deadlines)
+  if request ~= '' and #deadlines > 0 then
+    redis.call('PEXPIRE', request_key, lease_ms)
+  end
 end
 
 flush(now)
