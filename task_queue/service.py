@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -98,6 +99,21 @@ async def report_progress(progress: float) -> None:
     service, lease = entry
     lease.task.progress = float(progress)
     await service.broker.set_progress(lease.task.id, float(progress), token=lease.token)
+
+
+async def _finished(future: asyncio.Future[Any]) -> None:
+    """Wait for `future` to end even if we are cancelled again meanwhile.
+
+    A further cancel is absorbed (and its count taken back, so `asyncio.timeout` still
+    reads the first one right); what it was for is in the lease's flags.
+    """
+    me = asyncio.current_task()
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if me is not None:
+                me.uncancel()
 
 
 def _log_extra(task: Task) -> dict[str, Any]:
@@ -642,7 +658,18 @@ class TaskQueueService:
     async def _call(self, registered: _Registered, task: Task) -> Any:
         if registered.is_async:
             return await registered.fn(task)
-        result = await asyncio.to_thread(registered.fn, task)
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        thread = loop.run_in_executor(None, context.run, registered.fn, task)
+        try:
+            result = await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped. Until it ends, the task keeps its lease (the
+            # heartbeat renews it), so a timeout, cancel or shutdown never lets a second
+            # run start while this one is still at work.
+            with contextlib.suppress(Exception):
+                await _finished(thread)
+            raise
         if inspect.isawaitable(result):
             result = await result
         return result

@@ -504,3 +504,28 @@ async def test_shutdown_called_from_an_executor_keeps_its_own_task(make_service:
     final = await service.wait_for(task.id, timeout=5)
     assert final.status is TaskStatus.COMPLETED and final.attempts == 1
     assert final.result == "stopped the service"
+
+
+async def test_a_timed_out_thread_ends_before_the_task_runs_again(make_service: Any) -> None:
+    runs: list[tuple[int, float, float]] = []
+    release = threading.Event()
+
+    def slow(task: Task) -> str:
+        import time
+
+        started = time.monotonic()
+        if task.attempts == 1:
+            release.wait(5)  # far past the 0.05 s timeout
+        runs.append((task.attempts, started, time.monotonic()))
+        return "ok"
+
+    service = await make_service({"slow": slow}, concurrency=2)
+    service.start_workers(2)
+    task = await service.add_task("slow", timeout=0.05, max_retries=1)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, release.set)
+    final = await service.wait_for(task.id, timeout=10)
+    assert final.status is TaskStatus.COMPLETED and final.attempts == 2
+    (first, _, first_end), (second, second_start, _) = runs
+    assert (first, second) == (1, 2)
+    assert second_start >= first_end  # never two runs of one task at once

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
@@ -313,7 +314,7 @@ class InMemoryBroker(AbstractBroker):
         queued = self._queued
         tasks = self._tasks
         deadline = now + self.lease_seconds
-        started = self._stamp(now)
+        started = datetime.fromtimestamp(now, UTC)
         deadlines = self._deadlines
         leases = self._leases
         token = self._tokens
@@ -676,11 +677,12 @@ class InMemoryBroker(AbstractBroker):
                     future.set_result(None)
 
     def _stamp(self, now: float) -> datetime:
-        """`now` as an aware datetime, to the millisecond (as Redis keeps it).
+        """`now` rounded up to the next millisecond, as an aware datetime.
 
-        At high rates many tasks finish within one millisecond and share one object.
+        At high rates many tasks finish within one millisecond and share one object;
+        rounding up keeps a finish time from reading earlier than its start.
         """
-        ms = int(now * 1000)
+        ms = math.ceil(now * 1000)
         if ms != self._stamp_ms:
             self._stamp_ms = ms
             self._stamp_dt = datetime.fromtimestamp(ms / 1000, UTC)
