@@ -36,6 +36,41 @@ __all__ = ["AbstractBroker", "RenewResult"]
 logger = logging.getLogger(__name__)
 
 
+def check_max_tasks(max_tasks: int) -> None:
+    """Refuse a lease request for fewer than one task."""
+    if max_tasks < 1:
+        raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
+
+
+def check_not_negative(name: str, value: float | None) -> None:
+    """Refuse a negative delay, retry delay or limit (None passes)."""
+    if value is not None and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_progress(progress: float) -> None:
+    """Refuse a progress outside 0.0 .. 1.0."""
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be between 0.0 and 1.0, got {progress}")
+
+
+def check_purgeable(status: TaskStatus) -> TaskStatus:
+    """Return `status` as a TaskStatus, refusing PROCESSING (running tasks are cancelled)."""
+    status = TaskStatus(status)
+    if status is TaskStatus.PROCESSING:
+        raise TaskStateError("running tasks cannot be purged; cancel them instead")
+    return status
+
+
+def as_task_error(error: TaskError | BaseException | str) -> TaskError:
+    """Describe what a failed attempt reported as a `TaskError`."""
+    if isinstance(error, TaskError):
+        return error
+    if isinstance(error, BaseException):
+        return TaskError.from_exception(error)
+    return TaskError("Error", str(error))
+
+
 @dataclass(frozen=True, slots=True)
 class RenewResult:
     """What `renew` found: leases extended, leases no longer held, cancels requested.

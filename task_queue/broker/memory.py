@@ -15,7 +15,15 @@ from typing import Any
 from ..codec import normalize
 from ..errors import TaskNotFoundError, TaskQueueError, TaskStateError
 from ..models import FINAL_STATES, Task, TaskError, TaskStatus
-from .base import AbstractBroker, RenewResult
+from .base import (
+    AbstractBroker,
+    RenewResult,
+    as_task_error,
+    check_max_tasks,
+    check_not_negative,
+    check_progress,
+    check_purgeable,
+)
 
 __all__ = ["InMemoryBroker"]
 
@@ -52,14 +60,6 @@ def _snapshot(t: Task) -> Task:
         t.worker_id,
         t.cancel_requested,
     )
-
-
-def _as_error(error: TaskError | BaseException | str) -> TaskError:
-    if isinstance(error, TaskError):
-        return error
-    if isinstance(error, BaseException):
-        return TaskError.from_exception(error)
-    return TaskError("Error", str(error))
 
 
 class _ReadyQueue:
@@ -246,8 +246,7 @@ class InMemoryBroker(AbstractBroker):
         worker_id: str | None = None,
     ) -> list[Task]:
         """See `AbstractBroker.dequeue_many`."""
-        if max_tasks < 1:
-            raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
+        check_max_tasks(max_tasks)
         loop = asyncio.get_running_loop()
         give_up = None if timeout is None else loop.time() + timeout
         while True:
@@ -426,15 +425,14 @@ class InMemoryBroker(AbstractBroker):
         retry_in: float | None = None,
     ) -> bool:
         """See `AbstractBroker.mark_failed`."""
-        if retry_in is not None and retry_in < 0:
-            raise ValueError(f"retry_in must be >= 0, got {retry_in}")
+        check_not_negative("retry_in", retry_in)
         if token is not None and self._retried(task_id, token):
             return True
         task = self._held(task_id, token, _FAILED)
         if task is None:
             return self._repeat(task_id, token, _FAILED)
         now = time.time()
-        err = _as_error(error)
+        err = as_task_error(error)
         if (
             retry_in is not None
             and task.attempts < task.max_attempts
@@ -496,8 +494,7 @@ class InMemoryBroker(AbstractBroker):
         self, task_id: str, progress: float, *, token: int | None = None
     ) -> bool:
         """See `AbstractBroker.set_progress`."""
-        if not 0.0 <= progress <= 1.0:
-            raise ValueError(f"progress must be between 0.0 and 1.0, got {progress}")
+        check_progress(progress)
         task = self._tasks.get(task_id)
         if task is None or task.status in FINAL_STATES:
             return False
@@ -532,8 +529,7 @@ class InMemoryBroker(AbstractBroker):
 
     async def requeue(self, task_id: str, delay_seconds: float = 0.0) -> Task:
         """See `AbstractBroker.requeue`."""
-        if delay_seconds < 0:
-            raise ValueError(f"delay_seconds must be >= 0, got {delay_seconds}")
+        check_not_negative("delay_seconds", delay_seconds)
         now = time.time()
         self._maintain(now)
         task = self._tasks.get(task_id)
@@ -559,9 +555,7 @@ class InMemoryBroker(AbstractBroker):
 
     async def purge(self, status: TaskStatus = TaskStatus.PENDING) -> int:
         """See `AbstractBroker.purge`."""
-        status = TaskStatus(status)
-        if status is _PROCESSING:
-            raise TaskStateError("running tasks cannot be purged; cancel them instead")
+        status = check_purgeable(status)
         self._maintain(time.time())
         doomed = [t.id for t in self._tasks.values() if t.status is status]
         for task_id in doomed:
@@ -614,8 +608,7 @@ class InMemoryBroker(AbstractBroker):
         self, status: TaskStatus | None = None, *, limit: int = 100
     ) -> list[Task]:
         """See `AbstractBroker.list_tasks`."""
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        check_not_negative("limit", limit)
         self._maintain(time.time())
         wanted = None if status is None else TaskStatus(status)
         found: list[Task] = []

@@ -45,7 +45,15 @@ from ..errors import (
     TaskStateError,
 )
 from ..models import Task, TaskError, TaskStatus
-from .base import AbstractBroker, RenewResult
+from .base import (
+    AbstractBroker,
+    RenewResult,
+    as_task_error,
+    check_max_tasks,
+    check_not_negative,
+    check_progress,
+    check_purgeable,
+)
 
 __all__ = ["RedisBroker", "mask_url"]
 
@@ -586,8 +594,7 @@ class RedisBroker(AbstractBroker):
         worker_id: str | None = None,
     ) -> list[Task]:
         """See `AbstractBroker.dequeue_many`."""
-        if max_tasks < 1:
-            raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
+        check_max_tasks(max_tasks)
         max_tasks = min(max_tasks, _LEASE_BATCH)  # bounded script runs
         loop = asyncio.get_running_loop()
         give_up = None if timeout is None else loop.time() + timeout
@@ -819,12 +826,8 @@ class RedisBroker(AbstractBroker):
         retry_in: float | None = None,
     ) -> bool:
         """See `AbstractBroker.mark_failed`."""
-        if retry_in is not None and retry_in < 0:
-            raise ValueError(f"retry_in must be >= 0, got {retry_in}")
-        if isinstance(error, BaseException):
-            error = TaskError.from_exception(error)
-        elif not isinstance(error, TaskError):
-            error = TaskError("Error", str(error))
+        check_not_negative("retry_in", retry_in)
+        error = as_task_error(error)
         encoded = dumps(
             {"type": error.type, "message": error.message, "traceback": error.traceback},
             "error",
@@ -850,8 +853,7 @@ class RedisBroker(AbstractBroker):
         self, task_id: str, progress: float, *, token: int | None = None
     ) -> bool:
         """See `AbstractBroker.set_progress`."""
-        if not 0.0 <= progress <= 1.0:
-            raise ValueError(f"progress must be between 0.0 and 1.0, got {progress}")
+        check_progress(progress)
         code = await self._script(
             "progress", task_id, "" if token is None else token, repr(float(progress))
         )
@@ -868,8 +870,7 @@ class RedisBroker(AbstractBroker):
 
     async def requeue(self, task_id: str, delay_seconds: float = 0.0) -> Task:
         """See `AbstractBroker.requeue`."""
-        if delay_seconds < 0:
-            raise ValueError(f"delay_seconds must be >= 0, got {delay_seconds}")
+        check_not_negative("delay_seconds", delay_seconds)
         reply = await self._script("requeue", task_id, int(delay_seconds * 1000))
         if isinstance(reply, int):
             if reply == -1:
@@ -879,9 +880,7 @@ class RedisBroker(AbstractBroker):
 
     async def purge(self, status: TaskStatus = TaskStatus.PENDING) -> int:
         """See `AbstractBroker.purge`; deletes in bounded batches."""
-        status = TaskStatus(status)
-        if status is TaskStatus.PROCESSING:
-            raise TaskStateError("running tasks cannot be purged; cancel them instead")
+        status = check_purgeable(status)
         batch = 500
         total = 0
         while True:
@@ -949,8 +948,7 @@ class RedisBroker(AbstractBroker):
         self, status: TaskStatus | None = None, *, limit: int = 100
     ) -> list[Task]:
         """See `AbstractBroker.list_tasks`."""
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        check_not_negative("limit", limit)
         if limit == 0:
             return []
         wanted = None if status is None else TaskStatus(status)
