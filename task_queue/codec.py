@@ -115,6 +115,9 @@ def task_to_dict(task: Task) -> dict[str, Any]:
         "token": task.token,
         "worker_id": task.worker_id,
         "cancel_requested": task.cancel_requested,
+        "depends_on": task.depends_on,
+        "context": task.context,
+        "logs": task.logs,
     }
 
 
@@ -135,8 +138,13 @@ def task_from_dict(data: Any) -> Task:
         )
         payload = data.get("payload") or {}
         metadata = data.get("metadata") or {}
-        if not isinstance(payload, dict) or not isinstance(metadata, dict):
-            raise TypeError("payload and metadata must be JSON objects")
+        context = data.get("context") or {}
+        if not all(isinstance(d, dict) for d in (payload, metadata, context)):
+            raise TypeError("payload, metadata and context must be JSON objects")
+        depends_on = data.get("depends_on") or []
+        logs = data.get("logs") or []
+        if not isinstance(depends_on, list) or not isinstance(logs, list):
+            raise TypeError("depends_on and logs must be JSON arrays")
         return Task(
             id=str(data["id"]),
             name=str(data["name"]),
@@ -157,6 +165,9 @@ def task_from_dict(data: Any) -> Task:
             token=int(data.get("token", 0)),
             worker_id=data.get("worker_id"),
             cancel_requested=bool(data.get("cancel_requested", False)),
+            depends_on=[str(p) for p in depends_on],
+            context=context,
+            logs=logs,
         )
     except (KeyError, TypeError, ValueError) as exc:
         what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)

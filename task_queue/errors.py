@@ -49,9 +49,9 @@ class DecodeError(TaskQueueError, ValueError):
 class TaskNotFoundError(TaskQueueError, LookupError):
     """No task with this id exists (or its record has expired)."""
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, message: str | None = None) -> None:
         self.task_id = task_id
-        super().__init__(f"no task with id {task_id!r}")
+        super().__init__(message or f"no task with id {task_id!r}")
 
 
 class TaskStateError(TaskQueueError, ValueError):

@@ -64,6 +64,10 @@ class Task:
     `attempts` counts the leases granted so far; the task runs at most
     `max_retries + 1` times. `token` is the fencing token of the latest lease: a worker
     presents it when it reports the outcome, so a holder whose lease expired is refused.
+    `depends_on` lists the ids of the tasks that must complete before this one may
+    start. `context` is a JSON object the task's executor and hooks write (see
+    `set_context`); `logs` holds the latest records logged through `get_logger` while
+    the task ran, each a dict with time, level, logger and message.
     """
 
     name: str
@@ -85,6 +89,9 @@ class Task:
     token: int = 0
     worker_id: str | None = None
     cancel_requested: bool = False
+    depends_on: list[str] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    logs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def max_attempts(self) -> int:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import AbstractBroker, RenewResult
+from .base import AbstractBroker, RenewResult, TaskNote
 from .memory import InMemoryBroker
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
 
-__all__ = ["AbstractBroker", "InMemoryBroker", "RedisBroker", "RenewResult"]
+__all__ = ["AbstractBroker", "InMemoryBroker", "RedisBroker", "RenewResult", "TaskNote"]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,6 +15,10 @@ A broker stores tasks and makes every state change atomic. Delivery is at-least-
   it has used all its attempts, or CANCELLED when a cancel was requested meanwhile.
 * Among due tasks the lowest `priority` number is handed out first, FIFO within a
   priority; a delayed task never blocks a due one.
+* A task with `depends_on` stays PENDING (waiting, never handed out) until every parent
+  is COMPLETED. When a parent ends FAILED or CANCELLED, its waiting children become
+  CANCELLED with a reason naming that parent, and so on down the tree, in the same
+  atomic step.
 
 Tasks returned by a broker are snapshots: changing them changes nothing stored.
 """
@@ -31,7 +35,7 @@ from typing import Any, Self
 from ..errors import TaskNotFoundError, TaskStateError
 from ..models import Task, TaskError, TaskStatus
 
-__all__ = ["AbstractBroker", "RenewResult"]
+__all__ = ["AbstractBroker", "RenewResult", "TaskNote"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,20 @@ class RenewResult:
     cancel_requested: frozenset[str] = field(default_factory=frozenset)
 
 
+@dataclass(slots=True)
+class TaskNote:
+    """What a running task's holder adds to its record besides progress.
+
+    `context` replaces the task's stored context when not None; `logs` are new log
+    records (dicts of JSON values) appended to the task's logs. `token` is the holder's
+    fencing token.
+    """
+
+    token: int
+    context: dict[str, Any] | None = None
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+
 class AbstractBroker(ABC):
     """Storage and atomic state changes of tasks, shared by producers and workers.
 
@@ -107,12 +125,19 @@ class AbstractBroker(ABC):
         and the existing task is returned, so a producer may safely retry after a timeout.
         Raises `PayloadError` (a `TypeError`) naming the field when the payload or
         metadata cannot be stored as JSON; nothing is stored then.
+
+        `task.depends_on` names parent tasks of the same queue. The task waits until all
+        of them completed; if one of them has already failed or been cancelled, the task
+        is stored CANCELLED at once, its error naming that parent. Raises
+        `TaskNotFoundError` when a parent does not exist (or expired); nothing is stored
+        then. Cycles cannot form, as parents must exist before their children.
         """
 
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[Task]:
         """Enqueue several tasks; same rules as `enqueue`, one result per input task.
 
-        Every task is checked before any is stored, so an encoding error stores nothing.
+        Every task is checked before any is stored, so an encoding error or a missing
+        parent stores nothing. A task may depend on one that comes before it in `tasks`.
         """
         return [await self.enqueue(task) for task in tasks]
 
@@ -197,6 +222,17 @@ class AbstractBroker(ABC):
         self, task_id: str, progress: float, *, token: int | None = None
     ) -> bool:
         """Store the running task's progress (0.0 to 1.0) so any reader sees it."""
+
+    @abstractmethod
+    async def annotate(
+        self, notes: Mapping[str, TaskNote], *, max_logs: int = 100
+    ) -> dict[str, bool]:
+        """Store what running tasks' holders noted: context and new log records.
+
+        One call for many tasks (task id -> `TaskNote`). A task keeps its latest
+        `max_logs` log records. Returns, per task id, whether the note was stored: False
+        when the token no longer holds the task (or it is gone or final).
+        """
 
     # ----------------------------------------------------------------- control
 

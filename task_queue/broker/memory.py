@@ -18,6 +18,7 @@ from ..models import FINAL_STATES, Task, TaskError, TaskStatus
 from .base import (
     AbstractBroker,
     RenewResult,
+    TaskNote,
     as_task_error,
     check_max_tasks,
     check_not_negative,
@@ -59,7 +60,15 @@ def _snapshot(t: Task) -> Task:
         t.token,
         t.worker_id,
         t.cancel_requested,
+        list(t.depends_on) if t.depends_on else [],
+        normalize(t.context) if t.context else {},  # executors change it in place
+        list(t.logs) if t.logs else [],
     )
+
+
+def _dependency_reason(parent_id: str, status: TaskStatus) -> str:
+    ended = "failed" if status is _FAILED else "was cancelled"
+    return f"parent task {parent_id} {ended}"
 
 
 class _ReadyQueue:
@@ -169,6 +178,8 @@ class InMemoryBroker(AbstractBroker):
         self._expiry: deque[tuple[float, str]] = deque()
         self._dead_expiry: deque[tuple[float, str]] = deque()
         self._cancel_reasons: dict[str, str] = {}
+        self._waiting: dict[str, int] = {}  # task id -> parents not completed yet
+        self._children: dict[str, list[str]] = {}  # parent id -> ids waiting on it
         self._seq = 0
         self._tokens = 0  # fencing tokens come from one counter: never reused, even after purge
         self._stamp_ms = -1
@@ -184,13 +195,36 @@ class InMemoryBroker(AbstractBroker):
 
     async def enqueue(self, task: Task) -> Task:
         """See `AbstractBroker.enqueue`."""
-        return self._enqueue(self._prepare(task), time.time())
+        prepared = self._prepare(task)
+        now = time.time()
+        if prepared.depends_on:
+            self._maintain(now)
+            self._check_parents([prepared])
+        return self._enqueue(prepared, now)
 
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[Task]:
         """See `AbstractBroker.enqueue_many`."""
         prepared = [self._prepare(task) for task in tasks]
         now = time.time()
+        if any(task.depends_on for task in prepared):
+            self._maintain(now)
+            self._check_parents(prepared)
         return [self._enqueue(task, now) for task in prepared]
+
+    def _check_parents(self, tasks: Sequence[Task]) -> None:
+        """Refuse the call when a new task depends on a task that does not exist."""
+        coming: set[str] = set()
+        for task in tasks:
+            if task.id in self._tasks:
+                continue  # exists: enqueue returns it unchanged
+            for parent in task.depends_on:
+                if parent not in self._tasks and parent not in coming:
+                    raise TaskNotFoundError(
+                        parent,
+                        f"task {task.id!r} depends on {parent!r}, which does not exist "
+                        "(or has expired)",
+                    )
+            coming.add(task.id)
 
     def _prepare(self, task: Task) -> Task:
         if type(task.priority) is not int:
@@ -209,6 +243,8 @@ class InMemoryBroker(AbstractBroker):
             task.max_retries,
             task.timeout,
             metadata=normalize(task.metadata, "metadata"),
+            depends_on=list(dict.fromkeys(task.depends_on)),
+            context=normalize(task.context, "context") if task.context else {},
         )
 
     def _enqueue(self, task: Task, now: float) -> Task:
@@ -217,8 +253,28 @@ class InMemoryBroker(AbstractBroker):
         if existing is not None:
             return _snapshot(existing)
         self._tasks[task.id] = task
+        if task.depends_on and self._wait_for_parents(task, now):
+            return _snapshot(task)
         self._schedule(task, task.scheduled_at.timestamp(), now)
         return _snapshot(task)
+
+    def _wait_for_parents(self, task: Task, now: float) -> bool:
+        """Hold a new task back until its parents complete; True when it is held (or
+        was cancelled because a parent failed or was cancelled already)."""
+        parents = [self._tasks[parent] for parent in task.depends_on]
+        for parent in parents:
+            if parent.status is _FAILED or parent.status is _CANCELLED:
+                self._fence(task)
+                reason = _dependency_reason(parent.id, parent.status)
+                self._finish(task, _CANCELLED, now, error=TaskError("Cancelled", reason))
+                return True
+        open_parents = [p.id for p in parents if p.status is not _COMPLETED]
+        if not open_parents:
+            return False
+        self._waiting[task.id] = len(open_parents)
+        for parent_id in open_parents:
+            self._children.setdefault(parent_id, []).append(task.id)
+        return True
 
     def _schedule(self, task: Task, due: float, now: float) -> None:
         # `order` is fixed at the first enqueue, so a task handed back or retried keeps its
@@ -433,6 +489,9 @@ class InMemoryBroker(AbstractBroker):
             return self._repeat(task_id, token, _FAILED)
         now = time.time()
         err = as_task_error(error)
+        if task.id in self._waiting:  # an administrative call on a task still waiting
+            task.error = err
+            return True
         if (
             retry_in is not None
             and task.attempts < task.max_attempts
@@ -503,6 +562,26 @@ class InMemoryBroker(AbstractBroker):
         task.progress = float(progress)
         return True
 
+    async def annotate(
+        self, notes: Mapping[str, TaskNote], *, max_logs: int = 100
+    ) -> dict[str, bool]:
+        """See `AbstractBroker.annotate`."""
+        check_not_negative("max_logs", max_logs)
+        stored: dict[str, bool] = {}
+        for task_id, note in notes.items():
+            task = self._tasks.get(task_id)
+            if task is None or task.status is not _PROCESSING or task.token != note.token:
+                stored[task_id] = False
+                continue
+            if note.context is not None:
+                task.context = normalize(note.context, "context")
+            if note.logs:
+                task.logs.extend(normalize(note.logs, "logs"))
+                if len(task.logs) > max_logs:
+                    del task.logs[: len(task.logs) - max_logs]
+            stored[task_id] = True
+        return stored
+
     # ----------------------------------------------------------------- control
 
     async def cancel(self, task_id: str, reason: str | None = None) -> bool:
@@ -564,6 +643,8 @@ class InMemoryBroker(AbstractBroker):
             self._queued.pop(task_id, None)
             self._expires.pop(task_id, None)
             self._cancel_reasons.pop(task_id, None)
+            self._waiting.pop(task_id, None)
+            self._children.pop(task_id, None)
             for future in self._watchers.pop(task_id, ()):
                 if not future.done():
                     future.set_result(None)
@@ -647,6 +728,8 @@ class InMemoryBroker(AbstractBroker):
             self._leases.pop(task_id, None)
         else:
             self._queued.pop(task_id, None)
+            if self._waiting:
+                self._waiting.pop(task_id, None)
         if self._cancel_reasons:
             self._cancel_reasons.pop(task_id, None)
         task.status = status
@@ -668,6 +751,42 @@ class InMemoryBroker(AbstractBroker):
             for future in watchers:
                 if not future.done():
                     future.set_result(None)
+        if self._children and task_id in self._children:
+            self._release_children(task_id, status, now)
+
+    def _release_children(self, parent_id: str, status: TaskStatus, now: float) -> None:
+        """A parent became final: its waiting children move on (when it completed and
+        they wait on nothing else) or are cancelled, and theirs with them."""
+        ended = [(parent_id, status)]
+        while ended:
+            finished_id, finished_status = ended.pop()
+            for child_id in self._children.pop(finished_id, ()):
+                remaining = self._waiting.get(child_id)
+                if remaining is None:
+                    continue  # cancelled or purged meanwhile
+                child = self._tasks[child_id]
+                if finished_status is _COMPLETED:
+                    if remaining > 1:
+                        self._waiting[child_id] = remaining - 1
+                    else:
+                        del self._waiting[child_id]
+                        self._schedule(child, child.scheduled_at.timestamp(), now)
+                    continue
+                del self._waiting[child_id]
+                self._fence(child)
+                reason = _dependency_reason(finished_id, finished_status)
+                logger.info(
+                    "task %s [%s] cancelled: %s",
+                    child_id,
+                    child.name,
+                    reason,
+                    extra={"task_id": child_id, "task_name": child.name},
+                )
+                children = self._children.pop(child_id, None)
+                self._finish(child, _CANCELLED, now, error=TaskError("Cancelled", reason))
+                if children:
+                    self._children[child_id] = children
+                    ended.append((child_id, _CANCELLED))
 
     def _stamp(self, now: float) -> datetime:
         """`now` rounded up to the next millisecond, as an aware datetime.

@@ -48,6 +48,7 @@ from ..models import Task, TaskError, TaskStatus
 from .base import (
     AbstractBroker,
     RenewResult,
+    TaskNote,
     as_task_error,
     check_max_tasks,
     check_not_negative,
@@ -73,6 +74,7 @@ _SCRIPTS = (
     "requeue",
     "progress",
     "purge",
+    "annotate",
 )
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _REFUSED = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
@@ -138,6 +140,7 @@ _LEASE_FIELDS = (
     "progress",
     "cancel",
     "started",
+    "context",
 )
 
 
@@ -154,7 +157,9 @@ def _decode_leased(values: Sequence[Any], worker: str | None) -> Task:
     The hot path of every worker: it reads the raw reply directly (int() and float()
     take bytes) instead of going through the general `_decode`.
     """
-    (_, data, _, attempts, max_attempts, token, due, error, progress, cancel, started) = values
+    (_, data, _, attempts, max_attempts, token, due, error, progress, cancel, started, context) = (
+        values
+    )
     static = loads(data)
     if not isinstance(static, dict):
         raise DecodeError("invalid task record: data is not a JSON object")
@@ -187,7 +192,21 @@ def _decode_leased(values: Sequence[Any], worker: str | None) -> Task:
         int(token),
         worker or None,
         cancel in (b"1", "1"),
+        static.get("depends_on") or [],
+        _context(loads(context) if context else static.get("context")),
     )
+
+
+def _context(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DecodeError("invalid task record: context is not a JSON object")
+    return value
+
+
+def _logs(text: str) -> list[dict[str, Any]]:
+    return [loads(line) for line in text.split("\n")] if text else []
 
 
 def _ms_to_dt(value: str | None) -> datetime | None:
@@ -259,6 +278,7 @@ class RedisBroker(AbstractBroker):
             f"{tag}:cancelled",
             f"{tag}:seq",
             f"{tag}:wake",
+            f"{tag}:waiting",
         ]
         self._task_prefix = f"{tag}:task:"
         self._channel = f"{tag}:final"
@@ -436,11 +456,16 @@ class RedisBroker(AbstractBroker):
             "payload": task.payload,
             "metadata": task.metadata,
         }
+        if task.depends_on:
+            fields["depends_on"] = task.depends_on
+        if task.context:
+            fields["context"] = task.context
         try:
             return dumps(fields, "task")
         except PayloadError:
             dumps(task.payload, "payload")  # raise naming the field as the user knows it
             dumps(task.metadata, "metadata")
+            dumps(task.context, "context")
             raise
 
     def _decode(self, fields: Mapping[Any, Any] | Sequence[Any]) -> Task:
@@ -502,6 +527,11 @@ class RedisBroker(AbstractBroker):
                 token=int(h.get("token", "0")),
                 worker_id=(h.get("worker") or None) if status is TaskStatus.PROCESSING else None,
                 cancel_requested=h.get("cancel") == "1",
+                depends_on=[str(p) for p in static.get("depends_on") or []],
+                context=_context(
+                    loads(h["context"]) if h.get("context") else static.get("context")
+                ),
+                logs=_logs(h.get("logs", "")),
             )
         except DecodeError:
             raise
@@ -516,9 +546,13 @@ class RedisBroker(AbstractBroker):
             raise TypeError(f"priority must be an int, got {task.priority!r}")
         if abs(task.priority) > MAX_PRIORITY:
             raise ValueError(f"priority must be within +-{MAX_PRIORITY}, got {task.priority}")
+        if task.depends_on:
+            task.depends_on = list(dict.fromkeys(task.depends_on))
         data = self._static(task)
         delay_ms = max(0, int((task.scheduled_at.timestamp() - now) * 1000))
-        return [task.id, data, task.priority, delay_ms, task.max_retries + 1], data
+        parents = task.depends_on
+        args = [task.id, data, task.priority, delay_ms, task.max_retries + 1, len(parents)]
+        return args + parents if parents else args, data
 
     async def enqueue(self, task: Task) -> Task:
         """See `AbstractBroker.enqueue`."""
@@ -529,34 +563,40 @@ class RedisBroker(AbstractBroker):
         if not tasks:
             return []
         now = time.time()
-        args: list[Any] = []
+        parts: list[list[Any]] = []
         encoded: list[str] = []
-        for task in tasks:
-            task_args, data = self._enqueue_args(task, now)
-            args.extend(task_args)
-            encoded.append(data)
+        for start in range(0, len(tasks), _ENQUEUE_BATCH):
+            part: list[Any] = [min(_ENQUEUE_BATCH, len(tasks) - start)]
+            for task in tasks[start : start + _ENQUEUE_BATCH]:
+                task_args, data = self._enqueue_args(task, now)
+                part += task_args
+                encoded.append(data)
+            parts.append(part)
+        if len(parts) > 1 and any(task.depends_on for task in tasks):
+            await self._check_parents(tasks)
         # Bounded script runs: at most _ENQUEUE_BATCH tasks each. Every task was encoded
-        # above, so a bad payload stored nothing; a connection lost between two batches
-        # leaves the first ones stored, and a retry of the call is safe (idempotent ids).
-        width = 5
-        parts = [
-            args[start * width : (start + _ENQUEUE_BATCH) * width]
-            for start in range(0, len(tasks), _ENQUEUE_BATCH)
-        ]
-        flags: list[Any] = []
+        # (and every parent checked) above, so bad input stored nothing; a connection lost
+        # between two batches leaves the first ones stored, and a retry of the call is
+        # safe (idempotent ids).
+        replies: list[Any] = []
         if self._fast is not None and len(parts) > 1:
             # One connection keeps the batches in order; sent together, the server runs
             # one while the replies of the others travel. (The settings check may await,
             # and must not let a later batch overtake the first.)
             await self._ensure_checked()
-            replies = await asyncio.gather(
-                *(self._script("enqueue", len(part) // width, *part) for part in parts)
-            )
-            for reply in replies:
-                flags += reply
+            replies = await asyncio.gather(*(self._script("enqueue", *part) for part in parts))
         else:
             for part in parts:
-                flags += await self._script("enqueue", len(part) // width, *part)
+                replies.append(await self._script("enqueue", *part))
+        flags: list[Any] = []
+        for reply in replies:
+            if reply and int(reply[0]) == -3:
+                child, parent = _text(reply[1]), _text(reply[2])
+                raise TaskNotFoundError(
+                    parent,
+                    f"task {child!r} depends on {parent!r}, which does not exist (or has expired)",
+                )
+            flags += reply
         stored: list[Task] = []
         for task, data, flag in zip(tasks, encoded, flags, strict=True):
             if int(flag) == 1:
@@ -575,6 +615,8 @@ class RedisBroker(AbstractBroker):
                         task.max_retries,
                         task.timeout,
                         metadata=static["metadata"],
+                        depends_on=list(task.depends_on),
+                        context=static.get("context") or {},
                     )
                 )
                 continue
@@ -583,6 +625,23 @@ class RedisBroker(AbstractBroker):
                 raise TaskNotFoundError(task.id)
             stored.append(existing)
         return stored
+
+    async def _check_parents(self, tasks: Sequence[Task]) -> None:
+        """Before a call that takes several script runs: every parent named from outside
+        the call must exist, so a missing one fails the call before any run stores."""
+        ids = {task.id for task in tasks}
+        outside = {p: t.id for t in tasks for p in t.depends_on if p not in ids}
+        if not outside:
+            return
+        found = await self._tasks(list(outside))
+        missing = set(outside) - {task.id for task in found}
+        if missing:
+            parent = sorted(missing)[0]
+            raise TaskNotFoundError(
+                parent,
+                f"task {outside[parent]!r} depends on {parent!r}, which does not exist "
+                "(or has expired)",
+            )
 
     # ----------------------------------------------------------------- consuming
 
@@ -859,6 +918,21 @@ class RedisBroker(AbstractBroker):
         )
         return int(code) == 1
 
+    async def annotate(
+        self, notes: Mapping[str, TaskNote], *, max_logs: int = 100
+    ) -> dict[str, bool]:
+        """See `AbstractBroker.annotate`: one script run for every task noted."""
+        check_not_negative("max_logs", max_logs)
+        if not notes:
+            return {}
+        args: list[Any] = [max_logs]
+        for task_id, note in notes.items():
+            context = "" if note.context is None else dumps(note.context, "context")
+            lines = "\n".join(dumps(record, "logs") for record in note.logs)
+            args += [task_id, note.token, context, len(note.logs), lines]
+        codes = await self._script("annotate", *args)
+        return {task_id: int(code) == 1 for task_id, code in zip(notes, codes, strict=True)}
+
     # ----------------------------------------------------------------- control
 
     async def cancel(self, task_id: str, reason: str | None = None) -> bool:
@@ -969,7 +1043,7 @@ class RedisBroker(AbstractBroker):
     def _status_sets(self, status: TaskStatus | None) -> list[str]:
         ready, delayed, inflight, failed, completed, cancelled = self._keys[:6]
         by_status = {
-            TaskStatus.PENDING: [ready, delayed],
+            TaskStatus.PENDING: [ready, delayed, self._keys[8]],
             TaskStatus.PROCESSING: [inflight],
             TaskStatus.COMPLETED: [completed],
             TaskStatus.FAILED: [failed],
@@ -994,11 +1068,12 @@ class RedisBroker(AbstractBroker):
                 pipe.zcount(completed, result_floor, "+inf")
                 pipe.zcount(failed, dead_floor, "+inf")
                 pipe.zcount(cancelled, result_floor, "+inf")
+                pipe.zcard(self._keys[8])
                 return await pipe.execute()
 
-        r, d, i, c, f, x = await self._retrying(read, "count_tasks")
+        r, d, i, c, f, x, w = await self._retrying(read, "count_tasks")
         return {
-            TaskStatus.PENDING: int(r) + int(d),
+            TaskStatus.PENDING: int(r) + int(d) + int(w),
             TaskStatus.PROCESSING: int(i),
             TaskStatus.COMPLETED: int(c),
             TaskStatus.FAILED: int(f),
@@ -1099,9 +1174,10 @@ class RedisBroker(AbstractBroker):
         Walks the queue's own sets, so it never scans the server's keyspace.
         """
         ids: set[str] = set()
-        for key in self._keys[:6]:
+        for key in [*self._keys[:6], self._keys[8]]:
             ids.update(_text(i) for i in await self.client.zrange(key, 0, -1))
-        keys = [self._task_key(i) for i in ids] + self._keys
+        waiting = self._keys[8]
+        keys = [self._task_key(i) for i in ids] + [f"{waiting}:{i}" for i in ids] + self._keys
         deleted = 0
         for start in range(0, len(keys), 500):
             deleted += int(await self.client.delete(*keys[start : start + 500]))

@@ -24,7 +24,7 @@ if request ~= '' and max_tasks > 0 then
     for i = 1, #earlier, 2 do
       local h = read(PREFIX .. earlier[i], unpack(LEASE_FIELDS))
       if h and h[3] == 'processing' and h[6] == earlier[i + 1] then
-        for j = 7, 11 do
+        for j = 7, 12 do
           h[j] = h[j] or ''
         end
         again[#again + 1] = h
@@ -98,7 +98,7 @@ if max_tasks > 0 then
         redis.call('RPUSH', request_key, id, token)
       end
       -- false (a field the record lacks) would cut the reply list short: send ''
-      for j = 7, 10 do
+      for j = 7, 12 do
         h[j] = h[j] or ''
       end
       leased[#leased + 1] = h

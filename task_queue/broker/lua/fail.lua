@@ -16,12 +16,14 @@ if token ~= '' then
   end
 end
 local h, reply = check_holder(key, token, 'failed', 'attempts', 'max_attempts', 'cancel',
-  'score')
+  'score', 'deps')
 if not h then
   return reply
 end
 local from = holder_set(h[1])
-if h[5] == '1' then
+if (tonumber(h[7]) or 0) > 0 then
+  redis.call('HSET', key, 'error', err)  -- an administrative call on a task still waiting
+elseif h[5] == '1' then
   finish(id, 'cancelled', now, {}, from)
 elseif retry ~= '' and (tonumber(h[3]) or 0) < tonumber(h[4]) then
   local due = now + tonumber(retry)

@@ -11,25 +11,30 @@
 --   7 seq        string, a counter: FIFO sequence numbers and fencing tokens are drawn
 --                from it, so a token is never reused, not even after a purge
 --   8 wake       zset with the single member "w"; idle workers BZPOPMIN it
+--   9 waiting    zset  id -> time enqueued (ms): pending tasks whose parents have not
+--                all completed yet; `<waiting>:<parent id>` is a set of the ids waiting
+--                on that parent, deleted when the parent becomes final
 -- ARGV (the same first four for every script; a script's own arguments start at 5):
 --   1 prefix of task hashes, e.g. "{tq:default}:task:"
 --   2 pub/sub channel told the ids of tasks that became final, each as "<length>:<id>"
 --   3 milliseconds completed and cancelled tasks are kept
 --   4 milliseconds failed tasks are kept
 -- Task hash fields: id, data (static JSON), status, attempts, max_attempts, token, score,
--- due, worker, started, finished, result, error, progress, cancel, reason, lost.
+-- due, worker, started, finished, result, error, progress, cancel, reason, lost, deps
+-- (parents not completed yet), context (JSON), logs (JSON records, one per line),
+-- nlogs (how many lines logs holds).
 -- A task's state is the set holding its id; `status` in its hash always agrees with it.
 
 local K_READY, K_DELAYED, K_INFLIGHT = KEYS[1], KEYS[2], KEYS[3]
 local K_FAILED, K_COMPLETED, K_CANCELLED = KEYS[4], KEYS[5], KEYS[6]
-local K_SEQ, K_WAKE = KEYS[7], KEYS[8]
+local K_SEQ, K_WAKE, K_WAITING = KEYS[7], KEYS[8], KEYS[9]
 local PREFIX, CHANNEL = ARGV[1], ARGV[2]
 local RESULT_TTL, DEAD_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
 local TRIM_BATCH = 500
 
 -- The fields a worker needs of a task it leases, in the order redis.py decodes them.
 local LEASE_FIELDS = {'id', 'data', 'status', 'attempts', 'max_attempts', 'token', 'due',
-  'error', 'progress', 'cancel', 'started'}
+  'error', 'progress', 'cancel', 'started', 'context'}
 
 local finished_ids = {}   -- ids made final by this run, published once at the end
 local leaving = {}        -- set -> ids to remove from it, in one ZREM at the end
@@ -75,6 +80,8 @@ local function later(list, set, value)
   items[#items + 1] = value
 end
 
+local release_children  -- defined below `finish`, which it calls in turn
+
 -- Make the task final: out of the set that holds it (`from`: K_INFLIGHT, or nil for a
 -- pending task), into the set of its final state. `extra` is a flat list of more hash
 -- fields to set. The set changes are made together by `flush`; the hash is deleted when
@@ -85,6 +92,7 @@ local function finish(id, status, now, extra, from)
   else
     later(leaving, K_READY, id)
     later(leaving, K_DELAYED, id)
+    later(leaving, K_WAITING, id)
   end
   redis.call('HSET', PREFIX .. id, 'status', status, 'finished', now, unpack(extra))
   local set = K_COMPLETED
@@ -96,6 +104,7 @@ local function finish(id, status, now, extra, from)
   later(arriving, set, now)
   later(arriving, set, id)
   finished_ids[#finished_ids + 1] = #id .. ':' .. id
+  release_children(id, status, now)
 end
 
 -- Delete final tasks whose retention is over, a bounded batch per set per run.
@@ -168,6 +177,39 @@ local function schedule(id, score, due, now)
     local first = redis.call('ZRANGE', K_DELAYED, 0, 0)
     if first[1] == id then
       wake()  -- the earliest due time moved: idle workers must recompute their wait
+    end
+  end
+end
+
+-- The task `id` became final: the tasks waiting on it move on when it completed and
+-- they wait on nothing else, or are cancelled (naming it) when it failed or was
+-- cancelled, and so on down the tree (`finish` calls back here).
+release_children = function(id, status, now)
+  local set = K_WAITING .. ':' .. id
+  local children = redis.call('SMEMBERS', set)
+  if #children == 0 then
+    return
+  end
+  redis.call('DEL', set)
+  local ended = 'failed'
+  if status == 'cancelled' then
+    ended = 'was cancelled'
+  end
+  for _, child in ipairs(children) do
+    local key = PREFIX .. child
+    local h = read(key, 'status', 'deps', 'score', 'due')
+    if h and h[1] == 'pending' and (tonumber(h[2]) or 0) > 0 then
+      if status == 'completed' then
+        if redis.call('HINCRBY', key, 'deps', -1) <= 0 then
+          redis.call('ZREM', K_WAITING, child)
+          schedule(child, h[3], tonumber(h[4]), now)
+        end
+      else
+        redis.call('HSET', key, 'deps', 0)
+        fence(key)
+        finish(child, 'cancelled', now, {'reason', 'parent task ' .. id .. ' ' .. ended},
+          K_WAITING)
+      end
     end
   end
 end

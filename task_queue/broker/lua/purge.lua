@@ -4,7 +4,7 @@
 -- Returns: how many were deleted; fewer than the batch size means none are left.
 
 local state, batch = ARGV[5], tonumber(ARGV[6])
-local sets = {K_READY, K_DELAYED}
+local sets = {K_READY, K_DELAYED, K_WAITING}
 if state == 'completed' then
   sets = {K_COMPLETED}
 elseif state == 'failed' then
@@ -17,7 +17,7 @@ for _, set in ipairs(sets) do
   local ids = redis.call('ZRANGE', set, 0, batch - deleted - 1)
   for _, id in ipairs(ids) do
     redis.call('ZREM', set, id)
-    redis.call('DEL', PREFIX .. id)
+    redis.call('DEL', PREFIX .. id, K_WAITING .. ':' .. id)
     finished_ids[#finished_ids + 1] = #id .. ':' .. id
     deleted = deleted + 1
   end

@@ -17,7 +17,7 @@ redis.call('ZREM', K_COMPLETED, id)
 redis.call('ZREM', K_FAILED, id)
 redis.call('ZREM', K_CANCELLED, id)
 redis.call('HDEL', key, 'result', 'error', 'worker', 'started', 'finished', 'cancel',
-  'reason', 'lost')
+  'reason', 'lost', 'deps')
 local due = now + delay
 redis.call('HSET', key, 'status', 'pending', 'attempts', 0, 'progress', 0, 'due', due)
 fence(key)

@@ -1,0 +1,242 @@
+"""Conformance: task dependencies and task notes (context, logs), on every broker kind."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from task_queue import AbstractBroker, Task, TaskNotFoundError, TaskStatus
+from task_queue.broker import TaskNote
+
+
+def make(name: str = "job", delay: float = 0.0, **kw: object) -> Task:
+    now = datetime.now(UTC)
+    return Task(name=name, scheduled_at=now + timedelta(seconds=delay), **kw)  # type: ignore[arg-type]
+
+
+async def lease_all(broker: AbstractBroker) -> dict[str, Task]:
+    return {t.id: t for t in await broker.dequeue_many(100)}
+
+
+async def status(broker: AbstractBroker, task_id: str) -> TaskStatus:
+    task = await broker.get_task(task_id)
+    assert task is not None
+    return task.status
+
+
+async def complete(broker: AbstractBroker, leased: dict[str, Task], task_id: str) -> None:
+    assert await broker.mark_complete(task_id, None, token=leased[task_id].token)
+
+
+# ------------------------------------------------------------------ dependencies
+
+
+async def test_child_waits_until_its_parent_completed(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make())
+    child = await broker.enqueue(make(depends_on=[parent.id]))
+    assert child.status is TaskStatus.PENDING and child.depends_on == [parent.id]
+    leased = await lease_all(broker)
+    assert list(leased) == [parent.id]
+    assert await broker.dequeue_many(10) == []
+    await complete(broker, leased, parent.id)
+    assert list(await lease_all(broker)) == [child.id]
+
+
+async def test_child_waits_for_every_parent(broker: AbstractBroker) -> None:
+    a, b = await broker.enqueue(make()), await broker.enqueue(make())
+    child = await broker.enqueue(make(depends_on=[a.id, b.id, a.id]))
+    leased = await lease_all(broker)
+    assert set(leased) == {a.id, b.id}
+    await complete(broker, leased, a.id)
+    assert await broker.dequeue_many(10) == []
+    await complete(broker, leased, b.id)
+    assert list(await lease_all(broker)) == [child.id]
+
+
+async def test_failed_parent_cancels_its_children_recursively(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make())
+    child = await broker.enqueue(make(depends_on=[parent.id]))
+    grandchild = await broker.enqueue(make(depends_on=[child.id]))
+    sibling = await broker.enqueue(make())
+    leased = await lease_all(broker)
+    assert set(leased) == {parent.id, sibling.id}
+    assert await broker.mark_failed(parent.id, "boom", token=leased[parent.id].token)
+    got = await broker.get_task(child.id)
+    assert got is not None and got.status is TaskStatus.CANCELLED
+    assert got.error is not None and f"parent task {parent.id} failed" in got.error.message
+    got = await broker.get_task(grandchild.id)
+    assert got is not None and got.status is TaskStatus.CANCELLED
+    assert got.error is not None and f"parent task {child.id} was cancelled" in got.error.message
+    assert await status(broker, sibling.id) is TaskStatus.PROCESSING
+    waited = await broker.wait_for(grandchild.id, timeout=5)
+    assert waited.status is TaskStatus.CANCELLED
+
+
+async def test_cancelling_a_pending_parent_cancels_its_children(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make(delay=60))
+    child = await broker.enqueue(make(depends_on=[parent.id]))
+    assert await broker.cancel(parent.id)
+    got = await broker.get_task(child.id)
+    assert got is not None and got.status is TaskStatus.CANCELLED
+    assert got.error is not None and parent.id in got.error.message
+
+
+async def test_a_retried_parent_keeps_its_children_waiting(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make())
+    child = await broker.enqueue(make(depends_on=[parent.id]))
+    leased = await lease_all(broker)
+    assert await broker.mark_failed(parent.id, "flaky", token=leased[parent.id].token, retry_in=0)
+    assert await status(broker, child.id) is TaskStatus.PENDING
+    leased = await lease_all(broker)
+    assert list(leased) == [parent.id]
+    await complete(broker, leased, parent.id)
+    assert list(await lease_all(broker)) == [child.id]
+
+
+async def test_parent_final_before_the_child_is_added(broker: AbstractBroker) -> None:
+    done, doomed = await broker.enqueue(make()), await broker.enqueue(make())
+    leased = await lease_all(broker)
+    await complete(broker, leased, done.id)
+    assert await broker.mark_failed(doomed.id, "boom", token=leased[doomed.id].token)
+    runs = await broker.enqueue(make(depends_on=[done.id]))
+    assert runs.status is TaskStatus.PENDING
+    assert list(await lease_all(broker)) == [runs.id]
+    never = await broker.enqueue(make(depends_on=[done.id, doomed.id]))
+    got = await broker.get_task(never.id)
+    assert got is not None and got.status is TaskStatus.CANCELLED
+    assert got.error is not None and f"parent task {doomed.id} failed" in got.error.message
+
+
+async def test_missing_parent_is_refused_and_nothing_is_stored(broker: AbstractBroker) -> None:
+    good = make()
+    bad = make(depends_on=["no-such-task"])
+    with pytest.raises(TaskNotFoundError, match="no-such-task") as info:
+        await broker.enqueue_many([good, bad])
+    assert info.value.task_id == "no-such-task"
+    assert bad.id in str(info.value)
+    assert await broker.get_task(good.id) is None
+    assert await broker.get_task(bad.id) is None
+    with pytest.raises(TaskNotFoundError):
+        await broker.enqueue(make(depends_on=["no-such-task"]))
+
+
+async def test_a_child_may_depend_on_an_earlier_task_of_the_same_call(
+    broker: AbstractBroker,
+) -> None:
+    parent = make()
+    child = make(depends_on=[parent.id])
+    stored = await broker.enqueue_many([parent, child])
+    assert [t.status for t in stored] == [TaskStatus.PENDING, TaskStatus.PENDING]
+    leased = await lease_all(broker)
+    assert list(leased) == [parent.id]
+    await complete(broker, leased, parent.id)
+    assert list(await lease_all(broker)) == [child.id]
+
+
+async def test_a_delayed_child_still_waits_for_its_due_time(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make())
+    child = await broker.enqueue(make(delay=0.2, depends_on=[parent.id]))
+    leased = await lease_all(broker)
+    await complete(broker, leased, parent.id)
+    assert await broker.dequeue_many(10) == []
+    got = await broker.dequeue(timeout=5)
+    assert got is not None and got.id == child.id
+    assert datetime.now(UTC) >= child.scheduled_at
+
+
+async def test_a_cancelled_waiting_child_stays_cancelled(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make())
+    child = await broker.enqueue(make(depends_on=[parent.id]))
+    assert await broker.cancel(child.id)
+    leased = await lease_all(broker)
+    await complete(broker, leased, parent.id)
+    assert await broker.dequeue_many(10) == []
+    assert await status(broker, child.id) is TaskStatus.CANCELLED
+
+
+async def test_waiting_tasks_count_as_pending_and_purge_with_them(
+    broker: AbstractBroker,
+) -> None:
+    parent = await broker.enqueue(make(delay=60))
+    child = await broker.enqueue(make(depends_on=[parent.id]))
+    counts = await broker.count_tasks()
+    assert counts[TaskStatus.PENDING] == 2
+    listed = {t.id for t in await broker.list_tasks(TaskStatus.PENDING)}
+    assert listed == {parent.id, child.id}
+    assert await broker.purge(TaskStatus.PENDING) == 2
+    assert await broker.get_task(child.id) is None
+    assert (await broker.count_tasks())[TaskStatus.PENDING] == 0
+
+
+async def test_a_requeued_cancelled_child_runs_without_waiting(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make(delay=60))
+    child = await broker.enqueue(make(depends_on=[parent.id]))
+    await broker.cancel(parent.id)
+    again = await broker.requeue(child.id)
+    assert again.status is TaskStatus.PENDING
+    assert list(await lease_all(broker)) == [child.id]
+
+
+async def test_existing_child_is_returned_unchanged(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make())
+    child = make(depends_on=[parent.id])
+    await broker.enqueue(child)
+    again = await broker.enqueue(child)
+    assert again.id == child.id and again.status is TaskStatus.PENDING
+
+
+# ------------------------------------------------------------------ notes
+
+
+async def test_context_and_logs_are_stored_for_any_reader(broker: AbstractBroker) -> None:
+    task = await broker.enqueue(make(context={"tenant": 7}))
+    [leased] = await broker.dequeue_many(1)
+    assert leased.context == {"tenant": 7}
+    records = [{"level": "INFO", "message": f"line {i}\nwith a newline"} for i in range(3)]
+    note = TaskNote(leased.token, {"tenant": 7, "step": {"name": "load"}}, records)
+    assert await broker.annotate({task.id: note}) == {task.id: True}
+    got = await broker.get_task(task.id)
+    assert got is not None
+    assert got.context == {"tenant": 7, "step": {"name": "load"}}
+    assert got.logs == records
+
+
+async def test_logs_keep_only_the_newest_records(broker: AbstractBroker) -> None:
+    task = await broker.enqueue(make())
+    [leased] = await broker.dequeue_many(1)
+    for start in (0, 4):
+        lines = [{"message": f"m{i}"} for i in range(start, start + 4)]
+        note = TaskNote(leased.token, None, lines)
+        assert (await broker.annotate({task.id: note}, max_logs=5))[task.id]
+    got = await broker.get_task(task.id)
+    assert got is not None
+    assert [r["message"] for r in got.logs] == ["m3", "m4", "m5", "m6", "m7"]
+    assert got.context == {}
+    assert (await broker.annotate({task.id: TaskNote(leased.token, None, lines)}, max_logs=0))[
+        task.id
+    ]
+    got = await broker.get_task(task.id)
+    assert got is not None and got.logs == []
+
+
+async def test_notes_of_a_stale_holder_are_refused(broker: AbstractBroker) -> None:
+    task = await broker.enqueue(make())
+    [leased] = await broker.dequeue_many(1)
+    assert await broker.release(task.id, token=leased.token)
+    note = TaskNote(leased.token, {"x": 1}, [{"message": "late"}])
+    assert await broker.annotate({task.id: note, "missing": note}) == {
+        task.id: False,
+        "missing": False,
+    }
+    got = await broker.get_task(task.id)
+    assert got is not None and got.context == {} and got.logs == []
+
+
+async def test_context_survives_into_the_next_attempt(broker: AbstractBroker) -> None:
+    task = await broker.enqueue(make())
+    [leased] = await broker.dequeue_many(1)
+    await broker.annotate({task.id: TaskNote(leased.token, {"step": "half"})})
+    assert await broker.mark_failed(task.id, "oops", token=leased.token, retry_in=0)
+    [again] = await broker.dequeue_many(1)
+    assert again.attempts == 2 and again.context == {"step": "half"}
