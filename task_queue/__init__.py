@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .broker.base import AbstractBroker, RenewResult
+from .broker.base import AbstractBroker, RenewResult, TaskNote
 from .broker.memory import InMemoryBroker
+from .context import current_task, get_context, get_logger, report_progress, set_context
 from .errors import (
     BrokerConnectionError,
     DecodeError,
@@ -22,15 +23,11 @@ from .errors import (
     TaskStateError,
     UnknownTaskError,
 )
+from .handle import TaskHandle
+from .hooks import Middleware
 from .models import Task, TaskError, TaskStatus
 from .retry import RetryPolicy
-from .service import (
-    Executor,
-    TaskExecutor,
-    TaskQueueService,
-    current_task,
-    report_progress,
-)
+from .service import Executor, TaskExecutor, TaskQueueService
 
 if TYPE_CHECKING:
     from .broker.redis import RedisBroker
@@ -43,6 +40,7 @@ __all__ = [
     "DecodeError",
     "Executor",
     "InMemoryBroker",
+    "Middleware",
     "RedisBroker",
     "PayloadError",
     "RenewResult",
@@ -52,6 +50,8 @@ __all__ = [
     "TaskError",
     "TaskExecutor",
     "TaskFailedError",
+    "TaskHandle",
+    "TaskNote",
     "TaskNotFoundError",
     "TaskQueueError",
     "TaskQueueService",
@@ -60,7 +60,10 @@ __all__ = [
     "UnknownTaskError",
     "__version__",
     "current_task",
+    "get_context",
+    "get_logger",
     "report_progress",
+    "set_context",
 ]
 
 

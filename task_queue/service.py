@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import traceback
 import uuid
 from collections import deque
@@ -19,13 +20,17 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
-from .broker.base import AbstractBroker
+from .broker.base import AbstractBroker, TaskNote
+from .codec import normalize
+from .context import apply_context, current_task, report_progress, running
 from .errors import (
     PayloadError,
     TaskCancelledError,
     TaskFailedError,
     UnknownTaskError,
 )
+from .handle import TaskHandle
+from .hooks import Hooks, Middleware, PostRunHook, TaskHook
 from .models import Task, TaskError, TaskStatus, utcnow
 from .retry import RetryPolicy
 
@@ -59,9 +64,22 @@ class _Registered:
 class _Lease:
     """A task this process holds: leased, buffered or running in a slot."""
 
-    __slots__ = ("cancelling", "lost", "releasing", "running", "slot", "task", "token")
+    __slots__ = (
+        "cancelling",
+        "context_dirty",
+        "flight",
+        "lost",
+        "new_logs",
+        "releasing",
+        "running",
+        "service",
+        "slot",
+        "task",
+        "token",
+    )
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, service: TaskQueueService, task: Task) -> None:
+        self.service = service
         self.task = task
         self.token = task.token
         self.slot: asyncio.Task[Any] | None = None
@@ -69,36 +87,33 @@ class _Lease:
         self.cancelling = False
         self.releasing = False
         self.lost = False
+        self.context_dirty = False
+        self.new_logs: list[dict[str, Any]] = []
+        self.flight: asyncio.Future[None] | None = None
 
+    # What `task_queue.context` asks of a running task (its RunningTask protocol).
 
-_current: contextvars.ContextVar[tuple[TaskQueueService, _Lease] | None] = contextvars.ContextVar(
-    "task_queue_current", default=None
-)
+    def context_changed(self, key: str, value: Any) -> None:
+        with self.service._notes_lock:
+            apply_context(self.task.context, key, value)
+            self.context_dirty = True
+        self.service._noted(self)
 
+    def logged(self, record: dict[str, Any]) -> None:
+        limit = self.service.max_task_logs
+        with self.service._notes_lock:
+            self.new_logs.append(record)
+            if len(self.new_logs) > limit:
+                del self.new_logs[0]
+            logs = self.task.logs
+            logs.append(record)
+            if len(logs) > limit:
+                del logs[: len(logs) - limit]
+        self.service._noted(self)
 
-def current_task() -> Task:
-    """Return the task the calling executor is running; RuntimeError outside one."""
-    entry = _current.get()
-    if entry is None:
-        raise RuntimeError("current_task() is only available inside a task executor")
-    return entry[1].task
-
-
-async def report_progress(progress: float) -> None:
-    """Record the running task's progress (0.0 to 1.0), visible through `get_task`.
-
-    Call it from inside an executor; RuntimeError elsewhere, ValueError out of range.
-    """
-    entry = _current.get()
-    if entry is None:
-        raise RuntimeError("report_progress() is only available inside a task executor")
-    if isinstance(progress, bool) or not isinstance(progress, int | float):
-        raise TypeError(f"progress must be a number, got {progress!r}")
-    if not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress must be between 0.0 and 1.0, got {progress}")
-    service, lease = entry
-    lease.task.progress = float(progress)
-    await service.broker.set_progress(lease.task.id, float(progress), token=lease.token)
+    async def progress(self, value: float) -> None:
+        self.task.progress = value
+        await self.service.broker.set_progress(self.task.id, value, token=self.token)
 
 
 async def _finished(future: asyncio.Future[Any]) -> None:
@@ -134,7 +149,10 @@ class TaskQueueService:
     beyond the free slots this process may hold, and `shutdown_grace` how long
     `shutdown()` lets running tasks finish before it cancels them and hands them back.
     With `check_names=False`, `add_task` accepts names this process has no executor for
-    (a producer whose workers run elsewhere).
+    (a producer whose workers run elsewhere). `middleware` adds lifecycle hooks (see
+    `task_queue.hooks`). A task keeps its latest `max_task_logs` log records;
+    context and log records are stored at most `note_interval` seconds after they are
+    made, many tasks in one broker call, and always before the task's outcome.
     """
 
     def __init__(
@@ -149,6 +167,9 @@ class TaskQueueService:
         shutdown_grace: float = 30.0,
         check_names: bool = True,
         worker_id: str | None = None,
+        middleware: Iterable[Middleware] = (),
+        max_task_logs: int = 100,
+        note_interval: float = 0.2,
     ) -> None:
         if not isinstance(broker, AbstractBroker):
             raise TypeError(f"broker must be an AbstractBroker, got {type(broker).__name__}")
@@ -162,6 +183,12 @@ class TaskQueueService:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         if shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must be >= 0, got {shutdown_grace}")
+        if isinstance(max_task_logs, bool) or not isinstance(max_task_logs, int):
+            raise TypeError(f"max_task_logs must be an int, got {max_task_logs!r}")
+        if max_task_logs < 0:
+            raise ValueError(f"max_task_logs must be >= 0, got {max_task_logs}")
+        if not note_interval >= 0:
+            raise ValueError(f"note_interval must be >= 0, got {note_interval}")
         self.broker = broker
         self.retry_policy = retry_policy or RetryPolicy()
         self.default_timeout = default_timeout
@@ -170,6 +197,11 @@ class TaskQueueService:
         self.shutdown_grace = shutdown_grace
         self.check_names = check_names
         self.worker_id = worker_id or _default_worker_id()
+        self.max_task_logs = max_task_logs
+        self.note_interval = float(note_interval)
+        self.hooks = Hooks()
+        for item in middleware:
+            self.hooks.add_middleware(item)
         self._executors: dict[str, _Registered] = {}
         for name, fn in (task_executors or {}).items():
             self.register(name, fn)
@@ -187,6 +219,11 @@ class TaskQueueService:
         self._stopping = False
         self._acks: list[tuple[str, int, Any, asyncio.Future[bool]]] = []
         self._ack_flusher: asyncio.Task[None] | None = None
+        self._notes_lock = threading.Lock()
+        self._noting: dict[str, _Lease] = {}
+        self._note_flusher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(sorted(self._executors))
@@ -234,6 +271,33 @@ class TaskQueueService:
 
         return decorate
 
+    # ----------------------------------------------------------------- hooks
+
+    def on_pre_create(self, hook: TaskHook) -> TaskHook:
+        """Decorator: run `hook(task)` before each task is stored; raising rejects it."""
+        self.hooks.pre_create.append(Hooks.check(hook))
+        return hook
+
+    def on_post_create(self, hook: TaskHook) -> TaskHook:
+        """Decorator: run `hook(task)` after each task was stored; errors are logged."""
+        self.hooks.post_create.append(Hooks.check(hook))
+        return hook
+
+    def on_pre_run(self, hook: TaskHook) -> TaskHook:
+        """Decorator: run `hook(task)` before each attempt; raising fails the attempt."""
+        self.hooks.pre_run.append(Hooks.check(hook))
+        return hook
+
+    def on_post_run(self, hook: PostRunHook) -> PostRunHook:
+        """Decorator: run `hook(task, result=..., error=...)` after each attempt; errors
+        are logged and do not change the task's outcome."""
+        self.hooks.post_run.append(Hooks.check(hook))
+        return hook
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add the hooks a `Middleware` subclass overrides."""
+        self.hooks.add_middleware(middleware)
+
     # ----------------------------------------------------------------- producing
 
     def _build(
@@ -247,6 +311,8 @@ class TaskQueueService:
         timeout: float | None,
         metadata: Mapping[str, Any] | None,
         scheduled_at: datetime | None,
+        depends_on: Iterable[Task | TaskHandle | str] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Task:
         if not isinstance(name, str) or not name:
             raise TypeError(f"task name must be a non-empty str, got {name!r}")
@@ -260,6 +326,8 @@ class TaskQueueService:
             raise TypeError(
                 f"metadata must be a dict (JSON object), got {type(metadata).__name__}"
             )
+        if context is not None and not isinstance(context, Mapping):
+            raise TypeError(f"context must be a dict (JSON object), got {type(context).__name__}")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise TypeError(f"priority must be an int, got {priority!r}")
         if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
@@ -300,9 +368,12 @@ class TaskQueueService:
             max_retries=max_retries,
             timeout=None if timeout is None else float(timeout),
             metadata=dict(metadata or {}),
+            context=normalize(dict(context), "context") if context else {},
         )
         if task_id is not None:
             task.id = task_id
+        if depends_on is not None:
+            task.depends_on = _parent_ids(depends_on, task.id)
         return task
 
     async def add_task(
@@ -317,15 +388,22 @@ class TaskQueueService:
         timeout: float | None = None,
         metadata: Mapping[str, Any] | None = None,
         scheduled_at: datetime | None = None,
+        depends_on: Iterable[Task | TaskHandle | str] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Task:
         """Enqueue a task for the executor `name` and return it as stored.
 
         `priority`: lower runs first. `delay_seconds` (or an aware `scheduled_at`) makes
         the task wait before it may start. `task_id` makes the call idempotent: adding
-        an id that exists returns the existing task. Raises `UnknownTaskError` (a
-        `ValueError`) for a name with no executor, `TypeError` naming the field for a
-        payload that is not JSON, `ValueError` for a negative delay; nothing is enqueued
-        then.
+        an id that exists returns the existing task. `depends_on` names parent tasks
+        (tasks, handles or ids): the task waits until every parent completed, and is
+        cancelled, its error naming the parent, when one fails or is cancelled.
+        `context` is the task's initial context (see `set_context`).
+
+        Raises `UnknownTaskError` (a `ValueError`) for a name with no executor,
+        `TypeError` naming the field for a payload that is not JSON, `ValueError` for a
+        negative delay, `TaskNotFoundError` for a parent that does not exist, and
+        whatever a pre_create hook raises; nothing is enqueued then.
         """
         task = self._build(
             name,
@@ -337,9 +415,16 @@ class TaskQueueService:
             timeout,
             metadata,
             scheduled_at,
+            depends_on,
+            context,
         )
+        if self.hooks.pre_create:
+            await self.hooks.run_pre_create(task)
         stored = await self.broker.enqueue(task)
-        if stored.created_at != task.created_at:
+        created = stored.created_at == task.created_at
+        if created and self.hooks.post_create:
+            await self.hooks.run_post_create(stored)
+        if not created:
             logger.info(
                 "task %s [%s] exists already; not enqueued again",
                 stored.id,
@@ -358,10 +443,32 @@ class TaskQueueService:
             )
         return stored
 
+    async def submit(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | None = None,
+        priority: int = 0,
+        delay_seconds: float = 0.0,
+        **options: Any,
+    ) -> TaskHandle:
+        """Enqueue like `add_task` (same arguments) and return a `TaskHandle` to wait for
+        the task, read its status or cancel it."""
+        task = await self.add_task(name, payload, priority, delay_seconds, **options)
+        return TaskHandle(self, task)
+
+    def handle(self, task: Task | str) -> TaskHandle:
+        """A `TaskHandle` for a task enqueued earlier (a Task or its id)."""
+        if isinstance(task, str):
+            return TaskHandle(self, Task(name="", id=task))
+        if not isinstance(task, Task):
+            raise TypeError(f"expected a Task or a task id, got {type(task).__name__}")
+        return TaskHandle(self, task)
+
     async def add_tasks(self, tasks: Iterable[Mapping[str, Any]]) -> list[Task]:
         """Enqueue many tasks in one broker call; each item holds `add_task`'s arguments.
 
-        Every item is checked first: one bad item raises and nothing is enqueued.
+        Every item is checked first: one bad item raises and nothing is enqueued. An
+        item may depend on an earlier item of the same call.
         """
         built = []
         for index, spec in enumerate(tasks):
@@ -383,9 +490,18 @@ class TaskQueueService:
                     spec.get("timeout"),
                     spec.get("metadata"),
                     spec.get("scheduled_at"),
+                    spec.get("depends_on"),
+                    spec.get("context"),
                 )
             )
+        if self.hooks.pre_create:
+            for task in built:
+                await self.hooks.run_pre_create(task)
         stored = await self.broker.enqueue_many(built)
+        if self.hooks.post_create:
+            for task, kept in zip(built, stored, strict=True):
+                if kept.created_at == task.created_at:
+                    await self.hooks.run_post_create(kept)
         logger.debug("%d tasks created in bulk", len(stored))
         return stored
 
@@ -532,6 +648,8 @@ class TaskQueueService:
             self._capacity.set()
 
     def _start_runtime(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         if self._capacity is None:
             self._capacity = asyncio.Event()
         if self._fetcher is None or self._fetcher.done():
@@ -572,7 +690,7 @@ class TaskQueueService:
             held = self._held
             buffer = self._buffer
             for task in tasks:
-                lease = _Lease(task)
+                lease = _Lease(self, task)
                 held[task.id] = lease
                 buffer.append(lease)
             if tasks and not self._waking:
@@ -591,7 +709,7 @@ class TaskQueueService:
         timeout = task.timeout if task.timeout is not None else self.default_timeout
         lease.slot = slot
         lease.running = True
-        context_token = _current.set((self, lease))
+        context_token = running.set(lease)
         info = logger.isEnabledFor(logging.INFO)
         if info:
             logger.info(
@@ -605,7 +723,11 @@ class TaskQueueService:
         outcome: TaskError | None = None
         result: Any = None
         scope: asyncio.Timeout | None = None
+        raised: BaseException | None = None
+        hooks = self.hooks
         try:
+            if hooks.pre_run:
+                await hooks.run_pre_run(task)
             if timeout is None:
                 if registered.is_async:
                     result = await registered.fn(task)
@@ -614,17 +736,21 @@ class TaskQueueService:
             else:
                 async with asyncio.timeout(timeout) as scope:
                     result = await self._call(registered, task)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             lease.running = False
-            _current.reset(context_token)
             if lease.cancelling or lease.releasing or lease.lost:
                 slot.uncancel()
+                await self._after_run(lease, None, exc)
+                running.reset(context_token)
                 await self._settle_interrupted(lease)
                 return
             # The slot itself is being cancelled from outside: hand the task back.
+            await self._after_run(lease, None, exc)
+            running.reset(context_token)
             await self._release(lease)
             raise
         except Exception as exc:
+            raised = exc
             if isinstance(exc, TimeoutError) and scope is not None and scope.expired():
                 message = f"task exceeded its timeout of {timeout:g}s"
                 outcome = TaskError("TimeoutError", message, traceback.format_exc())
@@ -632,7 +758,9 @@ class TaskQueueService:
                 outcome = TaskError.from_exception(exc, traceback.format_exc())
         lease.running = False
         lease.slot = None
-        _current.reset(context_token)
+        if hooks.post_run or lease.flight is not None or self._noting:
+            await self._after_run(lease, result, raised)
+        running.reset(context_token)
         if lease.cancelling or lease.releasing or lease.lost:
             # The executor swallowed our cancellation; honour it anyway.
             if slot.cancelling():
@@ -654,6 +782,57 @@ class TaskQueueService:
         self._forget(lease)
         if accepted and info:
             logger.info("task %s [%s] completed", task.id, task.name, extra=_log_extra(task))
+
+    async def _after_run(self, lease: _Lease, result: Any, error: BaseException | None) -> None:
+        """Run the post_run hooks, then store the task's notes before its outcome."""
+        if self.hooks.post_run:
+            await self.hooks.run_post_run(lease.task, result, error)
+        if lease.task.id in self._noting:
+            await self._flush_notes()
+        flight = lease.flight
+        if flight is not None and not flight.done():
+            await _finished(flight)
+
+    def _noted(self, lease: _Lease) -> None:
+        """The lease has context or log records to store: store them soon, in a batch."""
+        if threading.get_ident() != self._loop_thread:
+            loop = self._loop
+            if loop is not None:  # a sync executor's thread
+                loop.call_soon_threadsafe(self._noted, lease)
+            return
+        self._noting[lease.task.id] = lease
+        if self._note_flusher is None or self._note_flusher.done():
+            self._note_flusher = asyncio.create_task(
+                self._flush_notes_later(), name="task-queue-notes"
+            )
+
+    async def _flush_notes_later(self) -> None:
+        await asyncio.sleep(self.note_interval)
+        await self._flush_notes()
+
+    async def _flush_notes(self) -> None:
+        if not self._noting:
+            return
+        batch, self._noting = self._noting, {}
+        flight: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        notes: dict[str, TaskNote] = {}
+        with self._notes_lock:
+            for task_id, lease in batch.items():
+                context = normalize(lease.task.context) if lease.context_dirty else None
+                notes[task_id] = TaskNote(lease.token, context, lease.new_logs)
+                lease.context_dirty = False
+                lease.new_logs = []
+                lease.flight = flight
+        try:
+            stored = await self.broker.annotate(notes, max_logs=self.max_task_logs)
+        except Exception as exc:
+            logger.error("storing context and logs of %d tasks failed: %r", len(notes), exc)
+        else:
+            refused = [task_id for task_id, ok in stored.items() if not ok]
+            if refused:
+                logger.debug("context and logs of %d tasks no longer held: dropped", len(refused))
+        finally:
+            flight.set_result(None)
 
     async def _call(self, registered: _Registered, task: Task) -> Any:
         if registered.is_async:
@@ -934,5 +1113,25 @@ _SPEC_KEYS = frozenset(
         "timeout",
         "metadata",
         "scheduled_at",
+        "depends_on",
+        "context",
     }
 )
+
+
+def _parent_ids(parents: Iterable[Task | TaskHandle | str], own_id: str) -> list[str]:
+    if isinstance(parents, str | Task | TaskHandle):
+        parents = [parents]
+    ids: list[str] = []
+    for parent in parents:
+        if isinstance(parent, str) and parent:
+            parent_id = parent
+        elif isinstance(parent, Task | TaskHandle):
+            parent_id = parent.id
+        else:
+            raise TypeError(f"depends_on takes tasks, handles or task ids, got {parent!r}")
+        if parent_id == own_id:
+            raise ValueError(f"task {own_id!r} cannot depend on itself")
+        if parent_id not in ids:
+            ids.append(parent_id)
+    return ids

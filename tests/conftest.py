@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 
-from task_queue import AbstractBroker, InMemoryBroker
+from task_queue import AbstractBroker, InMemoryBroker, RetryPolicy, TaskQueueService
 
 BrokerFactory = Callable[..., Awaitable[AbstractBroker]]
 Cleanup = Callable[[], Awaitable[Any]]
 
 BROKER_KINDS = ["memory", "redis-fake", "redis-real"]
+FAST_RETRY = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
+"""Retries that do not slow tests down."""
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_REDIS = os.environ.get("TASK_QUEUE_REQUIRE_REDIS") == "1"
 
@@ -113,3 +115,22 @@ async def broker_factory(broker_kind: str) -> AsyncIterator[BrokerFactory]:
 async def broker(broker_factory: BrokerFactory) -> AbstractBroker:
     """A fresh broker of the current kind with default options."""
     return await broker_factory()
+
+
+@pytest.fixture
+async def make_service(broker_factory: BrokerFactory) -> AsyncIterator[Callable[..., Any]]:
+    """Build services on brokers of the current kind; all are shut down after the test."""
+    services: list[TaskQueueService] = []
+
+    async def factory(
+        executors: dict[str, Any] | None = None, broker: AbstractBroker | None = None, **kw: Any
+    ) -> TaskQueueService:
+        kw.setdefault("retry_policy", FAST_RETRY)
+        kw.setdefault("shutdown_grace", 5)
+        service = TaskQueueService(broker or await broker_factory(), executors or {}, **kw)
+        services.append(service)
+        return service
+
+    yield factory
+    for service in services:
+        await service.shutdown(grace=0)

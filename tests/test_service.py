@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from task_queue import (
-    AbstractBroker,
     RetryPolicy,
     Task,
     TaskCancelledError,
@@ -22,33 +20,11 @@ from task_queue import (
     current_task,
     report_progress,
 )
-from tests.conftest import BrokerFactory
-
-FAST_RETRY = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
+from tests.conftest import FAST_RETRY, BrokerFactory
 
 
 async def noop(task: Task) -> None:
     return None
-
-
-@pytest.fixture
-async def make_service(
-    broker_factory: BrokerFactory,
-) -> AsyncIterator[Callable[..., Any]]:
-    services: list[TaskQueueService] = []
-
-    async def factory(
-        executors: dict[str, Any] | None = None, broker: AbstractBroker | None = None, **kw: Any
-    ) -> TaskQueueService:
-        kw.setdefault("retry_policy", FAST_RETRY)
-        kw.setdefault("shutdown_grace", 5)
-        service = TaskQueueService(broker or await broker_factory(), executors or {}, **kw)
-        services.append(service)
-        return service
-
-    yield factory
-    for service in services:
-        await service.shutdown(grace=0)
 
 
 # ------------------------------------------------------------------ add_task validation

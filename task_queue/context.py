@@ -1,0 +1,178 @@
+"""What an executor can reach of the task it runs: the task, progress, context and logs.
+
+Inside an executor (and inside pre_run and post_run hooks) `current_task()` returns the
+task; `report_progress()` stores its progress; `set_context()` and `get_context()` read
+and write its context, a JSON object addressed by dotted keys; and the loggers that
+`get_logger()` returns keep each record with the task as well as passing it on to
+normal logging. Context and log records are stored in batches, so a call costs no round
+trip of its own; any process sees them through `get_task`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from .codec import normalize
+from .models import Task
+
+__all__ = [
+    "TaskLogHandler",
+    "current_task",
+    "get_context",
+    "get_logger",
+    "report_progress",
+    "set_context",
+]
+
+
+class RunningTask(Protocol):
+    """What the worker running a task offers the helpers of this module."""
+
+    task: Task
+
+    def context_changed(self, key: str, value: Any) -> None:
+        """Set `key` (dotted) to `value` in the task's context and store it soon."""
+
+    def logged(self, record: dict[str, Any]) -> None:
+        """Keep a log record with the task."""
+
+    async def progress(self, value: float) -> None:
+        """Store the task's progress now."""
+
+
+running: contextvars.ContextVar[RunningTask | None] = contextvars.ContextVar(
+    "task_queue_running", default=None
+)
+"""The task the current executor runs; set by the worker for the executor's duration."""
+
+
+def _running(what: str) -> RunningTask:
+    run = running.get()
+    if run is None:
+        raise RuntimeError(f"{what} is only available inside a task executor")
+    return run
+
+
+def current_task() -> Task:
+    """Return the task the calling executor is running; RuntimeError outside one."""
+    return _running("current_task()").task
+
+
+async def report_progress(progress: float) -> None:
+    """Record the running task's progress (0.0 to 1.0), visible through `get_task`.
+
+    Stored before it returns. Call it from inside an executor; RuntimeError elsewhere,
+    ValueError out of range.
+    """
+    run = _running("report_progress()")
+    if isinstance(progress, bool) or not isinstance(progress, int | float):
+        raise TypeError(f"progress must be a number, got {progress!r}")
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be between 0.0 and 1.0, got {progress}")
+    await run.progress(float(progress))
+
+
+def _path(key: str) -> list[str]:
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"context key must be a non-empty str, got {key!r}")
+    parts = key.split(".")
+    if not all(parts):
+        raise ValueError(f"context key {key!r} has an empty part")
+    return parts
+
+
+def set_context(key: str, value: Any) -> None:
+    """Set `key` in the running task's context; dots nest: `"validation.status"`.
+
+    `value` must be JSON-compatible (`TypeError` naming the key otherwise). The task's
+    context is stored with it and readable from any process through `get_task`.
+    """
+    run = _running("set_context()")
+    parts = _path(key)
+    value = normalize(value, f"context[{key!r}]")
+    node: Any = run.task.context
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is not None and not isinstance(child, dict):
+            holder = ".".join(parts[: depth + 1])
+            raise TypeError(
+                f"context key {key!r}: {holder!r} holds a {type(child).__name__}, not an object"
+            )
+        node = child if child is not None else {}
+    run.context_changed(key, value)
+
+
+def apply_context(context: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted `key` to `value` in `context`, creating the objects on the way."""
+    node = context
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def get_context(key: str | None = None, default: Any = None) -> Any:
+    """Return the value at dotted `key` in the running task's context, or `default`.
+
+    Without a key, a copy of the whole context.
+    """
+    context = _running("get_context()").task.context
+    if key is None:
+        return normalize(context)
+    node: Any = context
+    for part in _path(key):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+class TaskLogHandler(logging.Handler):
+    """Keeps each record logged during a task with that task (others pass untouched).
+
+    It also adds `task_id` and `task_name` to the record, so formatters of the handlers
+    that see it next can show them.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep `record` with the running task, if any."""
+        run = running.get()
+        if run is None or getattr(record, "_task_queue_kept", False):
+            return
+        record._task_queue_kept = True
+        task = run.task
+        if not hasattr(record, "task_id"):
+            record.task_id = task.id
+            record.task_name = task.name
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            run.logged(
+                {
+                    "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                    "level": record.levelname,
+                    "logger": record.name,
+                    "message": message,
+                }
+            )
+        except Exception:
+            self.handleError(record)
+
+
+_handler = TaskLogHandler()
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """Return `logging.getLogger(name)`, whose records inside an executor also stay with
+    the task (the latest ones, see `TaskQueueService(max_task_logs=...)`)."""
+    log = logging.getLogger(name)
+    if _handler not in log.handlers:
+        log.addHandler(_handler)
+    return log
