@@ -271,6 +271,8 @@ class InMemoryBroker(AbstractBroker):
         open_parents = [p.id for p in parents if p.status is not _COMPLETED]
         if not open_parents:
             return False
+        self._seq += 1
+        self._order[task.id] = self._seq  # its place in FIFO order is taken at enqueue
         self._waiting[task.id] = len(open_parents)
         for parent_id in open_parents:
             self._children.setdefault(parent_id, []).append(task.id)
