@@ -1,6 +1,7 @@
 """Stateful property test: a broker against a small reference model of the contract.
 
-Hypothesis drives random sequences of enqueue, dequeue, reports (with live, ended, stale
+Hypothesis drives random sequences of enqueue (also of tasks that depend on others),
+dequeue, reports (with live, ended, stale
 and forged fencing tokens), release, cancel, renew, requeue, purge and reads, and after
 every step compares what the broker stores with what the model says the contract in
 `task_queue/broker/base.py` implies.
@@ -21,13 +22,16 @@ Where the contract leaves room, the model reads it as follows:
   ended it while the task is still where that report left it (True, nothing changes);
   `release` moves the token on, so no later report of that holder is accepted.
 * Tokens grow with every lease of an id, also across a purge and a new enqueue of it.
+* A task with parents waits (PENDING, never leased) until all of them completed; when
+  one ends FAILED or CANCELLED the waiting task becomes CANCELLED, and so on down. A
+  requeued task runs without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -97,6 +101,8 @@ class ModelTask:
     # The report that ended the latest lease ("complete", "fail", "retry", "cancelled");
     # None while leased, never leased, released, or requeued since.
     ended_by: str | None = None
+    waiting_on: set[str] = field(default_factory=set)  # parents not completed yet
+    children: list[str] = field(default_factory=list)  # tasks that waited on it
 
 
 # The status each report leaves a task in; a repeat of that report with the same token is
@@ -134,8 +140,30 @@ class BrokerMachine(RuleBasedStateMachine):
 
     def ready_order(self) -> list[str]:
         """Ids of the ready tasks, best first: lowest priority, then first enqueued."""
-        ready = [(m.priority, m.seq, i) for i, m in self.model.items() if m.status is PENDING]
+        ready = [
+            (m.priority, m.seq, i)
+            for i, m in self.model.items()
+            if m.status is PENDING and not m.waiting_on
+        ]
         return [i for _, _, i in sorted(ready)]
+
+    def became_final(self, task_id: str) -> None:
+        """Apply what a task becoming final does to the tasks waiting on it."""
+        ended = [task_id]
+        while ended:
+            parent_id = ended.pop()
+            parent = self.model[parent_id]
+            children, parent.children = parent.children, []
+            for child_id in children:
+                child = self.model.get(child_id)
+                if child is None or child.status is not PENDING or not child.waiting_on:
+                    continue
+                if parent.status is COMPLETED:
+                    child.waiting_on.discard(parent_id)
+                else:
+                    child.waiting_on = set()
+                    child.status = CANCELLED
+                    ended.append(child_id)
 
     def leases(self) -> list[tuple[str, int]]:
         """Every (id, token) ever handed out, live, finished or stale."""
@@ -192,6 +220,38 @@ class BrokerMachine(RuleBasedStateMachine):
             self._model_enqueue(task_id, priority, retries)
         for task in stored:
             self._check_returned(task)
+
+    @rule(data=st.data(), task_id=ids, priority=priorities, retries=max_retries)
+    def enqueue_child(
+        self, data: st.DataObject, task_id: str, priority: int, retries: int
+    ) -> None:
+        known = sorted(self.model)
+        parents = data.draw(
+            st.lists(st.sampled_from(known) if known else ids, min_size=1, max_size=3)
+            if data.draw(st.booleans(), label="known parents")
+            else st.lists(ids, min_size=1, max_size=3),
+            label="parents",
+        )
+        task = Task("job", {}, priority=priority, id=task_id, max_retries=retries)
+        task.depends_on = parents
+        exists = task_id in self.model
+        missing = [p for p in parents if p not in self.model]
+        if not exists and missing:
+            with pytest.raises(TaskNotFoundError):
+                self.run(self.broker.enqueue(task))
+            return
+        stored = self.run(self.broker.enqueue(task))
+        if not exists:
+            self._model_enqueue(task_id, priority, retries)
+            m = self.model[task_id]
+            states = [self.model[p].status for p in parents]
+            if FAILED in states or CANCELLED in states:
+                m.status = CANCELLED
+            else:
+                m.waiting_on = {p for p in parents if self.model[p].status is not COMPLETED}
+                for parent in m.waiting_on:
+                    self.model[parent].children.append(task_id)
+        self._check_returned(stored)
 
     # ----------------------------------------------------------------- consuming
 
@@ -256,6 +316,7 @@ class BrokerMachine(RuleBasedStateMachine):
             m.status = COMPLETED  # even when a cancel was requested: the work is done
             m.result = result
             m.ended_by = "complete"
+            self.became_final(task_id)
 
         call = partial(self.broker.mark_complete, task_id, result, token=token)
         self._report(task_id, token, call, settle, ("complete",))
@@ -276,6 +337,8 @@ class BrokerMachine(RuleBasedStateMachine):
             else:
                 m.status = FAILED
                 m.ended_by = "fail"
+            if m.status in FINAL:
+                self.became_final(task_id)
 
         retry_in = 0.0 if retry else None
         call = partial(self.broker.mark_failed, task_id, "boom", token=token, retry_in=retry_in)
@@ -288,6 +351,7 @@ class BrokerMachine(RuleBasedStateMachine):
         def settle(m: ModelTask) -> None:
             m.status = CANCELLED
             m.ended_by = "cancelled"
+            self.became_final(task_id)
 
         call = partial(self.broker.mark_cancelled, task_id, token=token)
         self._report(task_id, token, call, settle, ("cancelled",))
@@ -300,6 +364,8 @@ class BrokerMachine(RuleBasedStateMachine):
             m.attempts -= 1  # the attempt is not counted
             m.status = CANCELLED if m.cancel_requested else PENDING
             m.token = None  # moved on: every later report of this holder is refused
+            if m.status is CANCELLED:
+                self.became_final(task_id)
 
         call = partial(self.broker.release, task_id, token=token)
         self._report(task_id, token, call, settle, ())
@@ -334,6 +400,8 @@ class BrokerMachine(RuleBasedStateMachine):
             assert ok is True
             if m.status is PENDING:
                 m.status = CANCELLED
+                m.waiting_on = set()
+                self.became_final(task_id)
             else:
                 m.cancel_requested = True
 
@@ -351,6 +419,7 @@ class BrokerMachine(RuleBasedStateMachine):
             return
         task = self.run(self.broker.requeue(task_id))
         m.status = PENDING
+        m.waiting_on = set()
         m.attempts = 0
         m.cancel_requested = False
         m.result = None
