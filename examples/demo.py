@@ -8,7 +8,10 @@ It shows, in order:
 3. a failing task retried with exponential backoff, then FAILED with its error;
 4. progress reported with `report_progress()` and read back with `get_task()`;
 5. a running task cancelled with `service.cancel()`;
-6. a graceful `shutdown()` that lets the running task finish and keeps pending ones;
+6. a small workflow: tasks that depend on others (`depends_on`), a hook, the task
+   context (`set_context`) and per-task logs (`get_logger`), and a failed parent that
+   cancels the task waiting on it;
+7. a graceful `shutdown()` that lets the running task finish and keeps pending ones;
 
 and ends with a summary of every task the broker holds. Nothing waits on a guessed
 sleep: the demo waits with `service.wait_for()` or on events set by the executors.
@@ -31,7 +34,9 @@ from task_queue import (
     Task,
     TaskQueueService,
     TaskStatus,
+    get_logger,
     report_progress,
+    set_context,
 )
 
 WORKERS = 2
@@ -124,7 +129,23 @@ def make_executors(tracker: Tracker) -> dict[str, Any]:
     async def nightly_backup(task: Task) -> None:
         tracker.mark_started(task)
 
+    log = get_logger("demo.etl")
+
+    async def extract(task: Task) -> int:
+        tracker.mark_started(task)
+        set_context("source.rows", 120)
+        log.info("read %d rows from %s", 120, task.payload["source"])
+        return 120
+
+    async def load(task: Task) -> str:
+        tracker.mark_started(task)
+        set_context("step", "loaded")
+        log.info("loaded into %s", task.payload["table"])
+        return f"loaded {task.payload['table']}"
+
     return {
+        "extract": extract,
+        "load": load,
         "resize_image": resize_image,
         "send_reminder": send_reminder,
         "charge_card": charge_card,
@@ -221,10 +242,45 @@ async def demo_cancel(service: TaskQueueService, tracker: Tracker) -> None:
     check(task.status is TaskStatus.CANCELLED, "the task ended CANCELLED")
 
 
+async def demo_workflow(service: TaskQueueService, tracker: Tracker) -> None:
+    heading("6. A workflow: depends_on, a hook, task context and logs")
+    tracker.starts.clear()
+
+    @service.on_pre_create
+    def stamp(task: Task) -> None:
+        task.context["requested_by"] = "demo"
+
+    users = await service.submit("extract", {"source": "users.csv"}, task_id="extract-users")
+    orders = await service.submit("extract", {"source": "orders.csv"}, task_id="extract-orders")
+    merged = await service.submit(
+        "load", {"table": "warehouse"}, task_id="load-all", depends_on=[users, orders]
+    )
+    charge = await service.submit("charge_card", {"order": 2048}, task_id="charge-2048")
+    ship = await service.submit(
+        "send_reminder", {"to": "ops"}, task_id="ship-2048", depends_on=charge
+    )
+    print("   load-all waits for extract-users and extract-orders; ship-2048 for charge-2048")
+    print(f"   load-all result: {await merged.wait(timeout=5)}")
+    order = [task_id for task_id, _ in tracker.starts]
+    check(
+        order.index("load-all") > max(order.index("extract-users"), order.index("extract-orders")),
+        "load-all started after both of its parents",
+    )
+    done = await merged.refresh()
+    print(f"   load-all context: {done.context}")
+    print(f"   load-all logs: {[record['message'] for record in done.logs]}")
+    check(done.context == {"requested_by": "demo", "step": "loaded"}, "context kept with the task")
+    await service.wait_for(charge.id, timeout=5)
+    shipped = await service.wait_for(ship.id, timeout=5)
+    print(f"   ship-2048: {shipped.status.value} ({shipped.error})")
+    check(shipped.status is TaskStatus.CANCELLED, "a failed parent cancels the task waiting on it")
+    service.hooks.pre_create.remove(stamp)
+
+
 async def demo_shutdown(
     service: TaskQueueService, tracker: Tracker, workers: list[asyncio.Task[None]]
 ) -> None:
-    heading("6. Graceful shutdown")
+    heading("7. Graceful shutdown")
     await service.add_task(
         "nightly_backup", {"db": "main"}, delay_seconds=3600, task_id="backup-nightly"
     )
@@ -286,6 +342,7 @@ async def main() -> int:
     await demo_retry(service, tracker)
     await demo_progress(service, tracker)
     await demo_cancel(service, tracker)
+    await demo_workflow(service, tracker)
     await demo_shutdown(service, tracker, workers)
     await summary(broker)
     await broker.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -19,7 +20,7 @@ from .codec import normalize
 from .models import Task
 
 __all__ = [
-    "TaskLogHandler",
+    "TaskLogger",
     "current_task",
     "get_context",
     "get_logger",
@@ -133,46 +134,55 @@ def get_context(key: str | None = None, default: Any = None) -> Any:
     return node
 
 
-class TaskLogHandler(logging.Handler):
-    """Keeps each record logged during a task with that task (others pass untouched).
+class TaskLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger whose records made inside an executor are also kept with the task.
 
-    It also adds `task_id` and `task_name` to the record, so formatters of the handlers
-    that see it next can show them.
+    A record at `level` or above (default INFO) is kept with the running task whatever
+    the logger's own level, so a task's history does not depend on how the console is
+    configured. It then goes to the wrapped logger as usual, its level and handlers
+    applied, with `task_id` and `task_name` added for formatters.
     """
 
-    def emit(self, record: logging.LogRecord) -> None:
-        """Keep `record` with the running task, if any."""
+    def __init__(self, logger: logging.Logger, level: int = logging.INFO) -> None:
+        super().__init__(logger, None)
+        self.keep_level = level
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log `msg % args` at `level`, keeping it with the running task if any."""
         run = running.get()
-        if run is None or getattr(record, "_task_queue_kept", False):
-            return
-        record._task_queue_kept = True
-        task = run.task
-        if not hasattr(record, "task_id"):
-            record.task_id = task.id
-            record.task_name = task.name
-        try:
-            message = record.getMessage()
-            if record.exc_info:
-                message += "\n" + logging.Formatter().formatException(record.exc_info)
-            run.logged(
-                {
-                    "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-                    "level": record.levelname,
-                    "logger": record.name,
-                    "message": message,
-                }
-            )
-        except Exception:
-            self.handleError(record)
+        if run is not None:
+            task = run.task
+            extra = kwargs.get("extra") or {}
+            kwargs["extra"] = {"task_id": task.id, "task_name": task.name, **extra}
+            if level >= self.keep_level:
+                message = str(msg) % args if args else str(msg)
+                exc_info = kwargs.get("exc_info")
+                if exc_info:
+                    message += "\n" + _format_exception(exc_info)
+                run.logged(
+                    {
+                        "time": datetime.now(UTC).isoformat(),
+                        "level": logging.getLevelName(level),
+                        "logger": self.logger.name,
+                        "message": message,
+                    }
+                )
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, msg, *args, **kwargs)
 
 
-_handler = TaskLogHandler()
+def _format_exception(exc_info: Any) -> str:
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif not isinstance(exc_info, tuple):
+        exc_info = sys.exc_info()
+    if exc_info[0] is None:
+        return "NoneType: None"
+    return logging.Formatter().formatException(exc_info).rstrip()
 
 
-def get_logger(name: str | None = None) -> logging.Logger:
-    """Return `logging.getLogger(name)`, whose records inside an executor also stay with
-    the task (the latest ones, see `TaskQueueService(max_task_logs=...)`)."""
-    log = logging.getLogger(name)
-    if _handler not in log.handlers:
-        log.addHandler(_handler)
-    return log
+def get_logger(name: str | None = None, *, level: int = logging.INFO) -> TaskLogger:
+    """A `TaskLogger` around `logging.getLogger(name)`: inside an executor its records
+    at `level` and above are kept with the task (its latest ones, see
+    `TaskQueueService(max_task_logs=...)`) as well as logged as usual."""
+    return TaskLogger(logging.getLogger(name), level)

@@ -347,6 +347,33 @@ async def test_records_of_the_task_logger_are_kept_with_the_task(
     assert {r.task_id for r in mine} == {task.id, threaded.id}  # type: ignore[attr-defined]
 
 
+async def test_task_logs_do_not_depend_on_the_console_level(
+    make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = get_logger("tests.workflows.quiet")
+    debug_too = get_logger("tests.workflows.quiet", level=logging.DEBUG)
+
+    async def job(task: Task) -> None:
+        log.debug("not kept: below INFO")
+        log.info("kept although the logger is at WARNING")
+        debug_too.debug("kept: this logger keeps DEBUG")
+
+    service = await make_service({"job": job})
+    with caplog.at_level(logging.WARNING, logger="tests.workflows.quiet"):
+        task = await service.add_task("job")
+        service.start_workers(1)
+        await service.get_result(task.id, timeout=5)
+    stored = await service.get_task(task.id)
+    assert stored is not None
+    assert [(r["level"], r["message"]) for r in stored.logs] == [
+        ("INFO", "kept although the logger is at WARNING"),
+        ("DEBUG", "kept: this logger keeps DEBUG"),
+    ]
+    assert not [r for r in caplog.records if r.name == "tests.workflows.quiet"]
+    log.warning("outside a task: logged as usual, kept nowhere")
+    assert caplog.records[-1].getMessage() == "outside a task: logged as usual, kept nowhere"
+
+
 async def test_context_written_on_redis_is_read_by_another_client() -> None:
     await require_real_redis()
     prefix = unique_prefix()
