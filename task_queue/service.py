@@ -217,6 +217,7 @@ class TaskQueueService:
         self._fetcher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
+        self._generation = 0  # shutdown() moves it on: slots started before it end
         self._acks: list[tuple[str, int, Any, asyncio.Future[bool]]] = []
         self._ack_flusher: asyncio.Task[None] | None = None
         self._notes_lock = threading.Lock()
@@ -574,6 +575,7 @@ class TaskQueueService:
             raise RuntimeError("worker() must run inside an asyncio task")
         if self._stopping:
             return
+        generation = self._generation
         self._start_runtime()
         self._slot_tasks.add(me)
         self._slots += 1
@@ -592,7 +594,7 @@ class TaskQueueService:
                     if lease is None:
                         return
                 await self._run(lease, me)
-                if self._stopping:
+                if self._stopping or self._generation != generation:
                     return
         finally:
             self._slots -= 1
@@ -1052,6 +1054,7 @@ class TaskQueueService:
         """
         grace = self.shutdown_grace if grace is None else grace
         self._stopping = True
+        self._generation += 1
         try:
             if self._fetcher is not None:
                 self._fetcher.cancel()

@@ -505,3 +505,17 @@ async def test_a_timed_out_thread_ends_before_the_task_runs_again(make_service: 
     (first, _, first_end), (second, second_start, _) = runs
     assert (first, second) == (1, 2)
     assert second_start >= first_end  # never two runs of one task at once
+
+
+async def test_shutdown_called_from_an_executor_ends_every_slot(make_service: Any) -> None:
+    async def stop(task: Task) -> str:
+        await service.shutdown(grace=5)
+        return "stopped from inside"
+
+    service = await make_service({"stop": stop})
+    task = await service.add_task("stop")
+    workers = service.start_workers(3)
+    async with asyncio.timeout(10):
+        await asyncio.gather(*workers)
+    assert not service.running
+    assert await service.get_result(task.id, timeout=5) == "stopped from inside"
