@@ -275,9 +275,12 @@ class AbstractBroker(ABC):
 
     @abstractmethod
     async def list_tasks(
-        self, status: TaskStatus | None = None, *, limit: int = 100
+        self, status: TaskStatus | None = None, *, limit: int = 100, newest_first: bool = False
     ) -> list[Task]:
-        """Return up to `limit` tasks, in `status` if given, oldest first."""
+        """Return up to `limit` tasks, in `status` if given, oldest first.
+
+        With `newest_first`, the most recently created ones, newest first.
+        """
 
     @abstractmethod
     async def count_tasks(self) -> dict[TaskStatus, int]:

@@ -688,14 +688,15 @@ class InMemoryBroker(AbstractBroker):
         return _snapshot(task)
 
     async def list_tasks(
-        self, status: TaskStatus | None = None, *, limit: int = 100
+        self, status: TaskStatus | None = None, *, limit: int = 100, newest_first: bool = False
     ) -> list[Task]:
         """See `AbstractBroker.list_tasks`."""
         check_not_negative("limit", limit)
         self._maintain(time.time())
         wanted = None if status is None else TaskStatus(status)
         found: list[Task] = []
-        for task in self._tasks.values():
+        stored = self._tasks.values()
+        for task in reversed(stored) if newest_first else stored:
             if len(found) >= limit:
                 break
             if wanted is None or task.status is wanted:

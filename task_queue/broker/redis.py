@@ -1019,26 +1019,51 @@ class RedisBroker(AbstractBroker):
         return tasks
 
     async def list_tasks(
-        self, status: TaskStatus | None = None, *, limit: int = 100
+        self, status: TaskStatus | None = None, *, limit: int = 100, newest_first: bool = False
     ) -> list[Task]:
-        """See `AbstractBroker.list_tasks`."""
+        """See `AbstractBroker.list_tasks`.
+
+        Reads up to `limit` ids from each set of the state(s) asked for, from the end
+        `newest_first` asks for; entries of final sets past their retention are skipped.
+        """
         check_not_negative("limit", limit)
         if limit == 0:
             return []
         wanted = None if status is None else TaskStatus(status)
         keys = self._status_sets(wanted)
+        floors = self._retention_floors()
 
         async def read() -> Any:
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.zrange(key, 0, limit - 1)
+                    floor = floors.get(key)
+                    if floor is None:
+                        if newest_first:
+                            pipe.zrevrange(key, 0, limit - 1)  # ZRANGE ... REV needs 6.2
+                        else:
+                            pipe.zrange(key, 0, limit - 1)
+                    elif newest_first:
+                        pipe.zrevrangebyscore(key, "+inf", floor, start=0, num=limit)
+                    else:
+                        pipe.zrangebyscore(key, floor, "+inf", start=0, num=limit)
                 return await pipe.execute()
 
         groups = await self._retrying(read, "list_tasks")
         ids = list(dict.fromkeys(_text(i) for group in groups for i in group))
         tasks = [t for t in await self._tasks(ids) if wanted is None or t.status is wanted]
-        tasks.sort(key=lambda t: t.created_at)
+        tasks.sort(key=lambda t: t.created_at, reverse=newest_first)
         return tasks[:limit]
+
+    def _retention_floors(self) -> dict[str, int]:
+        """Final-state set -> the lowest score (finish time, ms) still inside retention."""
+        now_ms = int(time.time() * 1000)
+        result_floor = now_ms - int(self.result_ttl * 1000)
+        failed, completed, cancelled = self._keys[3:6]
+        return {
+            completed: result_floor,
+            cancelled: result_floor,
+            failed: now_ms - int(self.dead_letter_ttl * 1000),
+        }
 
     def _status_sets(self, status: TaskStatus | None) -> list[str]:
         ready, delayed, inflight, failed, completed, cancelled = self._keys[:6]
@@ -1055,10 +1080,9 @@ class RedisBroker(AbstractBroker):
 
     async def count_tasks(self) -> dict[TaskStatus, int]:
         """See `AbstractBroker.count_tasks`."""
-        now_ms = int(time.time() * 1000)
-        result_floor = now_ms - int(self.result_ttl * 1000)
-        dead_floor = now_ms - int(self.dead_letter_ttl * 1000)
         ready, delayed, inflight, failed, completed, cancelled = self._keys[:6]
+        floors = self._retention_floors()
+        result_floor, dead_floor = floors[completed], floors[failed]
 
         async def read() -> Any:
             async with self.client.pipeline(transaction=False) as pipe:
