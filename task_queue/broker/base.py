@@ -34,6 +34,7 @@ from typing import Any, Self
 
 from ..errors import TaskNotFoundError, TaskStateError
 from ..models import Task, TaskError, TaskStatus
+from ..monitoring import STATS_RETENTION_MINUTES, QueueStats, WorkerInfo
 
 __all__ = ["AbstractBroker", "RenewResult", "TaskNote"]
 
@@ -64,6 +65,20 @@ def check_purgeable(status: TaskStatus) -> TaskStatus:
     if status is TaskStatus.PROCESSING:
         raise TaskStateError("running tasks cannot be purged; cancel them instead")
     return status
+
+
+def check_stats_minutes(minutes: int) -> None:
+    """Refuse a stats window outside 1 .. STATS_RETENTION_MINUTES minutes."""
+    if isinstance(minutes, bool) or not isinstance(minutes, int):
+        raise TypeError(f"minutes must be an int, got {minutes!r}")
+    if not 1 <= minutes <= STATS_RETENTION_MINUTES:
+        raise ValueError(f"minutes must be between 1 and {STATS_RETENTION_MINUTES}, got {minutes}")
+
+
+def check_worker_ttl(ttl: float) -> None:
+    """Refuse a registry time-to-live that is not a positive number of seconds."""
+    if not ttl > 0:
+        raise ValueError(f"ttl must be > 0 seconds, got {ttl}")
 
 
 def as_task_error(error: TaskError | BaseException | str) -> TaskError:
@@ -114,6 +129,8 @@ class AbstractBroker(ABC):
     lease_seconds: float = 30.0
     batches_acks: bool = False
     """True when the broker prefers many acks in one `mark_complete_many` call."""
+    queue: str = "default"
+    """The name of the queue this broker serves (shown by the worker registry)."""
 
     # ----------------------------------------------------------------- producing
 
@@ -285,6 +302,35 @@ class AbstractBroker(ABC):
     @abstractmethod
     async def count_tasks(self) -> dict[TaskStatus, int]:
         """Return how many tasks are in each state (every state present, maybe 0)."""
+
+    # ----------------------------------------------------------------- operations
+
+    @abstractmethod
+    async def register_worker(self, worker: WorkerInfo, ttl: float) -> None:
+        """Add or refresh `worker` in the registry of live worker processes.
+
+        The broker stamps `heartbeat_at` with its own clock. The entry is dropped when
+        no refresh comes within `ttl` seconds (its process is taken for dead), so dead
+        entries never pile up. Each worker process calls this when its slots start and
+        on every heartbeat.
+        """
+
+    @abstractmethod
+    async def unregister_worker(self, worker_id: str) -> bool:
+        """Remove a worker from the registry; False when it was not registered."""
+
+    @abstractmethod
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Return the live registered workers, longest running first."""
+
+    @abstractmethod
+    async def get_stats(self, minutes: int = 60) -> QueueStats:
+        """Return how many tasks became completed, failed and cancelled, per minute.
+
+        Covers the last `minutes` minutes (1 to `STATS_RETENTION_MINUTES`), the current
+        one included, oldest first, minutes without any as zeros. Counts are kept when a
+        task becomes final and forgotten after `STATS_RETENTION_MINUTES`.
+        """
 
     # ----------------------------------------------------------------- lifecycle
 

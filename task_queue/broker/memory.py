@@ -9,12 +9,20 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from ..codec import normalize
 from ..errors import TaskNotFoundError, TaskQueueError, TaskStateError
 from ..models import FINAL_STATES, Task, TaskError, TaskStatus
+from ..monitoring import (
+    STATS_RETENTION_MINUTES,
+    MinuteStats,
+    QueueStats,
+    WorkerInfo,
+    minute_start,
+)
 from .base import (
     AbstractBroker,
     RenewResult,
@@ -24,6 +32,8 @@ from .base import (
     check_not_negative,
     check_progress,
     check_purgeable,
+    check_stats_minutes,
+    check_worker_ttl,
 )
 
 __all__ = ["InMemoryBroker"]
@@ -35,6 +45,8 @@ _PROCESSING = TaskStatus.PROCESSING
 _COMPLETED = TaskStatus.COMPLETED
 _FAILED = TaskStatus.FAILED
 _CANCELLED = TaskStatus.CANCELLED
+# Column of each final state in a row of per-minute finish counts.
+_STAT_COLUMN = {_COMPLETED: 0, _FAILED: 1, _CANCELLED: 2}
 
 
 def _snapshot(t: Task) -> Task:
@@ -187,6 +199,10 @@ class InMemoryBroker(AbstractBroker):
         self._waiters: list[_Waiter] = []
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._closed = False
+        self._workers: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires at)
+        self._stats: dict[int, list[int]] = {}  # minute -> [completed, failed, cancelled]
+        self._stats_from = self._stats_until = 0.0  # the minute _stats_row counts
+        self._stats_row = [0, 0, 0]
 
     def __repr__(self) -> str:
         return f"InMemoryBroker(tasks={len(self._tasks)}, lease_seconds={self.lease_seconds})"
@@ -709,6 +725,55 @@ class InMemoryBroker(AbstractBroker):
         counts = Counter(task.status for task in self._tasks.values())
         return {status: counts.get(status, 0) for status in TaskStatus}
 
+    # ----------------------------------------------------------------- operations
+
+    async def register_worker(self, worker: WorkerInfo, ttl: float) -> None:
+        """See `AbstractBroker.register_worker`."""
+        check_worker_ttl(ttl)
+        now = time.time()
+        self._drop_dead_workers(now)
+        beat = replace(worker, heartbeat_at=datetime.fromtimestamp(now, UTC))
+        self._workers[worker.worker_id] = (beat, now + ttl)
+
+    async def unregister_worker(self, worker_id: str) -> bool:
+        """See `AbstractBroker.unregister_worker`."""
+        self._drop_dead_workers(time.time())
+        return self._workers.pop(worker_id, None) is not None
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """See `AbstractBroker.list_workers`."""
+        self._drop_dead_workers(time.time())
+        workers = [info for info, _ in self._workers.values()]
+        return sorted(workers, key=lambda w: (w.started_at, w.worker_id))
+
+    def _drop_dead_workers(self, now: float) -> None:
+        dead = [wid for wid, (_, expires) in self._workers.items() if expires <= now]
+        for worker_id in dead:
+            del self._workers[worker_id]
+
+    async def get_stats(self, minutes: int = 60) -> QueueStats:
+        """See `AbstractBroker.get_stats`."""
+        check_stats_minutes(minutes)
+        now = time.time()
+        current = int(now // 60)
+        rows = []
+        for minute in range(current - minutes + 1, current + 1):
+            counts = self._stats.get(minute, (0, 0, 0))
+            rows.append(MinuteStats(minute_start(minute), *counts))
+        return QueueStats(datetime.fromtimestamp(now, UTC), tuple(rows))
+
+    def _stats_roll(self, now: float) -> None:
+        """Make `now`'s minute the one finish counts go to; forget minutes past retention."""
+        minute = int(now // 60)
+        row = self._stats.get(minute)
+        if row is None:
+            row = self._stats[minute] = [0, 0, 0]
+            oldest = minute - STATS_RETENTION_MINUTES
+            for old in [m for m in self._stats if m <= oldest]:
+                del self._stats[old]
+        self._stats_from, self._stats_until = minute * 60.0, (minute + 1) * 60.0
+        self._stats_row = row
+
     async def close(self) -> None:
         """Stop handing out tasks: waiting and later dequeues raise. Stored tasks are kept."""
         self._closed = True
@@ -740,6 +805,9 @@ class InMemoryBroker(AbstractBroker):
         task.error = error
         task.finished_at = self._stamp(now)
         task.worker_id = None
+        if not self._stats_from <= now < self._stats_until:
+            self._stats_roll(now)
+        self._stats_row[_STAT_COLUMN[status]] += 1
         if status is _COMPLETED:
             task.progress = 1.0
         if status is _FAILED:

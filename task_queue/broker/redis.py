@@ -45,6 +45,13 @@ from ..errors import (
     TaskStateError,
 )
 from ..models import Task, TaskError, TaskStatus
+from ..monitoring import (
+    STATS_RETENTION_MINUTES,
+    MinuteStats,
+    QueueStats,
+    WorkerInfo,
+    minute_start,
+)
 from .base import (
     AbstractBroker,
     RenewResult,
@@ -54,6 +61,8 @@ from .base import (
     check_not_negative,
     check_progress,
     check_purgeable,
+    check_stats_minutes,
+    check_worker_ttl,
 )
 
 __all__ = ["RedisBroker", "mask_url"]
@@ -76,6 +85,8 @@ _SCRIPTS = (
     "purge",
     "annotate",
 )
+# Scripts of the worker registry and the stats, run on their own (no lib.lua in front).
+_OPS_SCRIPTS = ("workers", "stats")
 _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _REFUSED = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
 _FINAL_SETS = {
@@ -149,6 +160,11 @@ def _load_script(name: str) -> str:
     prelude = (folder / "lib.lua").read_text(encoding="utf-8")
     body = (folder / f"{name}.lua").read_text(encoding="utf-8")
     return f"{prelude}\n{body}"
+
+
+def _load_standalone(name: str) -> str:
+    folder = resources.files(__package__ or "task_queue.broker") / "lua"
+    return (folder / f"{name}.lua").read_text(encoding="utf-8")
 
 
 def _decode_leased(values: Sequence[Any], worker: str | None) -> Task:
@@ -293,6 +309,15 @@ class RedisBroker(AbstractBroker):
             name: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
             for name, src in self._sources.items()
         }
+        self._workers_keys = [f"{tag}:workers", f"{tag}:workers:info"]
+        self._stats_prefix = f"{tag}:stats:"  # lib.lua derives the same from the seq key
+        self._sources.update({name: _load_standalone(name) for name in _OPS_SCRIPTS})
+        self._shas.update(
+            {
+                name: hashlib.sha1(self._sources[name].encode(), usedforsecurity=False).hexdigest()
+                for name in _OPS_SCRIPTS
+            }
+        )
         self._checked = False
         self._outage_logged = False
         self._wake_task: asyncio.Task[Any] | None = None
@@ -1174,6 +1199,66 @@ class RedisBroker(AbstractBroker):
                 if not future.done():
                     future.set_result(None)
 
+    # ----------------------------------------------------------------- operations
+
+    async def _ops_script(self, name: str, keys: Sequence[str], *args: Any) -> Any:
+        """Run a standalone script (registry, stats) with its own keys."""
+
+        async def run() -> Any:
+            try:
+                return await self.client.evalsha(self._shas[name], len(keys), *keys, *args)
+            except redis_errors.NoScriptError:
+                self._shas[name] = _text(await self.client.script_load(self._sources[name]))
+                return await self.client.evalsha(self._shas[name], len(keys), *keys, *args)
+
+        return await self._retrying(run, name)
+
+    async def register_worker(self, worker: WorkerInfo, ttl: float) -> None:
+        """See `AbstractBroker.register_worker`."""
+        check_worker_ttl(ttl)
+        info = worker.to_dict()
+        info.pop("heartbeat_at")
+        encoded = dumps(info, "worker")
+        ttl_ms = max(1, int(ttl * 1000))
+        await self._ops_script(
+            "workers", self._workers_keys, "register", worker.worker_id, encoded, ttl_ms
+        )
+
+    async def unregister_worker(self, worker_id: str) -> bool:
+        """See `AbstractBroker.unregister_worker`."""
+        reply = await self._ops_script("workers", self._workers_keys, "unregister", worker_id)
+        return int(reply) == 1
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """See `AbstractBroker.list_workers`."""
+        reply = await self._ops_script("workers", self._workers_keys, "list")
+        workers = []
+        for raw_id, raw_value in zip(reply[1::2], reply[2::2], strict=True):
+            worker_id = _text_lenient(raw_id)
+            try:
+                beat, _, data = _text(raw_value).partition(":")
+                info = loads(data)
+                if not isinstance(info, dict):
+                    raise DecodeError("worker entry is not a JSON object")
+                info["heartbeat_at"] = int(beat) / 1000
+                workers.append(WorkerInfo.from_dict(info))
+            except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+                logger.error("worker %s: undecodable registry entry skipped (%s)", worker_id, exc)
+        return sorted(workers, key=lambda w: (w.started_at, w.worker_id))
+
+    async def get_stats(self, minutes: int = 60) -> QueueStats:
+        """See `AbstractBroker.get_stats`."""
+        check_stats_minutes(minutes)
+        reply = await self._ops_script("stats", [self._stats_prefix], minutes)
+        now_ms = int(reply[0])
+        current = now_ms // 60000
+        counts = [int(c) for c in reply[1:]]
+        rows = tuple(
+            MinuteStats(minute_start(current - minutes + 1 + i), *counts[i * 3 : i * 3 + 3])
+            for i in range(minutes)
+        )
+        return QueueStats(datetime.fromtimestamp(now_ms / 1000, UTC), rows)
+
     # ----------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
@@ -1201,7 +1286,12 @@ class RedisBroker(AbstractBroker):
         for key in [*self._keys[:6], self._keys[8]]:
             ids.update(_text(i) for i in await self.client.zrange(key, 0, -1))
         waiting = self._keys[8]
-        keys = [self._task_key(i) for i in ids] + [f"{waiting}:{i}" for i in ids] + self._keys
+        keys = [self._task_key(i) for i in ids] + [f"{waiting}:{i}" for i in ids]
+        keys += self._keys + self._workers_keys
+        # Per-minute stats keys of the whole retention (by this host's clock, plus slack).
+        current = int(time.time() // 60) + 2
+        first = current - STATS_RETENTION_MINUTES - 4
+        keys += [f"{self._stats_prefix}{minute}" for minute in range(first, current + 1)]
         deleted = 0
         for start in range(0, len(keys), 500):
             deleted += int(await self.client.delete(*keys[start : start + 500]))

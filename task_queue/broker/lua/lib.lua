@@ -19,6 +19,10 @@
 --   2 pub/sub channel told the ids of tasks that became final, each as "<length>:<id>"
 --   3 milliseconds completed and cancelled tasks are kept
 --   4 milliseconds failed tasks are kept
+-- Keys written by name, next to `seq` (same hash tag):
+--   <tag>:stats:<minute>  hash completed/failed/cancelled -> how many tasks became final
+--                         in that minute (minutes since the epoch, Redis clock); expires
+--                         after STATS_TTL
 -- Task hash fields: id, data (static JSON), status, attempts, max_attempts, token, score,
 -- due, worker, started, finished, result, error, progress, cancel, reason, lost, deps
 -- (parents not completed yet), context (JSON), logs (JSON records, one per line),
@@ -31,6 +35,8 @@ local K_SEQ, K_WAKE, K_WAITING = KEYS[7], KEYS[8], KEYS[9]
 local PREFIX, CHANNEL = ARGV[1], ARGV[2]
 local RESULT_TTL, DEAD_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
 local TRIM_BATCH = 500
+local STATS_PREFIX = string.sub(K_SEQ, 1, -4) .. 'stats:'  -- "<tag>:seq" -> "<tag>:stats:"
+local STATS_TTL = (24 * 60 + 1) * 60000  -- monitoring.STATS_RETENTION_MINUTES, plus one
 
 -- The fields a worker needs of a task it leases, in the order redis.py decodes them.
 local LEASE_FIELDS = {'id', 'data', 'status', 'attempts', 'max_attempts', 'token', 'due',
@@ -39,6 +45,7 @@ local LEASE_FIELDS = {'id', 'data', 'status', 'attempts', 'max_attempts', 'token
 local finished_ids = {}   -- ids made final by this run, published once at the end
 local leaving = {}        -- set -> ids to remove from it, in one ZREM at the end
 local arriving = {}       -- final-state set -> {time, id, ...} to add in one ZADD at the end
+local counted = {}        -- final state -> how many tasks this run made final
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -103,6 +110,7 @@ local function finish(id, status, now, extra, from)
   end
   later(arriving, set, now)
   later(arriving, set, id)
+  counted[status] = (counted[status] or 0) + 1
   finished_ids[#finished_ids + 1] = #id .. ':' .. id
   release_children(id, status, now)
 end
@@ -123,8 +131,8 @@ local function trim(now)
   end
 end
 
--- Once per run: apply the batched set changes, trim, and tell waiters which tasks
--- became final.
+-- Once per run: apply the batched set changes, count the tasks made final per minute,
+-- trim, and tell waiters which tasks became final.
 local function flush(now)
   for set, ids in pairs(leaving) do
     for i = 1, #ids, 1000 do
@@ -135,6 +143,14 @@ local function flush(now)
     zadd_all(set, items)
   end
   leaving, arriving = {}, {}
+  if next(counted) then
+    local key = STATS_PREFIX .. math.floor(now / 60000)
+    for status, n in pairs(counted) do
+      redis.call('HINCRBY', key, status, n)
+    end
+    redis.call('PEXPIRE', key, STATS_TTL)
+    counted = {}
+  end
   if next(finished_ids) then
     trim(now)
     redis.call('PUBLISH', CHANNEL, table.concat(finished_ids))
