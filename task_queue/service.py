@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections import deque
@@ -32,6 +33,7 @@ from .errors import (
 from .handle import TaskHandle
 from .hooks import Hooks, Middleware, PostRunHook, TaskHook
 from .models import Task, TaskError, TaskStatus, utcnow
+from .monitoring import WorkerInfo
 from .retry import RetryPolicy
 
 __all__ = [
@@ -225,6 +227,11 @@ class TaskQueueService:
         self._note_flusher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._started_at = utcnow()
+        self._idle_since = time.monotonic()
+        self._registered = False
+        self._registry_failing = False
+        self._announcing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(sorted(self._executors))
@@ -657,6 +664,8 @@ class TaskQueueService:
         if self._fetcher is None or self._fetcher.done():
             self._fetcher = asyncio.create_task(self._fetch_loop(), name="task-queue-fetcher")
         if self._heartbeat is None or self._heartbeat.done():
+            self._started_at = utcnow()
+            self._idle_since = time.monotonic()
             self._heartbeat = asyncio.create_task(
                 self._heartbeat_loop(), name="task-queue-heartbeat"
             )
@@ -1002,6 +1011,8 @@ class TaskQueueService:
     def _forget(self, lease: _Lease) -> None:
         if self._held.get(lease.task.id) is lease:
             del self._held[lease.task.id]
+            if not self._held:
+                self._idle_since = time.monotonic()
             capacity = self._capacity
             if capacity is not None and not self._stopping:
                 capacity.set()
@@ -1014,8 +1025,10 @@ class TaskQueueService:
     async def _heartbeat_loop(self) -> None:
         interval = self.broker.lease_seconds / 3
         failures = 0
+        self._refresh_registry()
         while True:
             await asyncio.sleep(interval)
+            self._refresh_registry()
             # Renew even with no leases: the call also runs the broker's upkeep (recovery of
             # other workers' expired leases, deleting tasks past their retention).
             leases = {task_id: lease.token for task_id, lease in self._held.items()}
@@ -1041,6 +1054,73 @@ class TaskQueueService:
                 lease = self._held.get(task_id)
                 if lease is not None and not lease.cancelling:
                     self._cancel_local(lease)
+
+    # ----------------------------------------------------------------- registry
+
+    @property
+    def active_count(self) -> int:
+        """How many tasks this process's worker slots are running now."""
+        return sum(1 for lease in self._held.values() if lease.running)
+
+    @property
+    def idle_seconds(self) -> float:
+        """Seconds since this process last held a task (leased or running); 0.0 while it holds one.
+
+        Counted from `start_workers` when no task has been held since.
+        """
+        if self._held:
+            return 0.0
+        return time.monotonic() - self._idle_since
+
+    def worker_info(self) -> WorkerInfo:
+        """Describe this process's workers as the broker's worker registry lists them."""
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queue=self.broker.queue,
+            concurrency=self._slots,
+            active=self.active_count,
+            started_at=self._started_at,
+        )
+
+    def _refresh_registry(self) -> None:
+        # In the background: a slow registry call never delays the renewal of leases.
+        if self._announcing is None or self._announcing.done():
+            self._announcing = asyncio.create_task(self._announce(), name="task-queue-registry")
+
+    async def _announce(self) -> None:
+        """Register or refresh this process in the worker registry; never raises."""
+        self._registered = True  # set first: a cancel mid-call must still unregister
+        try:
+            await self.broker.register_worker(self.worker_info(), ttl=self.broker.lease_seconds)
+        except Exception as exc:
+            if not self._registry_failing:
+                self._registry_failing = True
+                logger.warning("worker %s: registry refresh failed: %r", self.worker_id, exc)
+            return
+        if self._registry_failing:
+            self._registry_failing = False
+            logger.info("worker %s: registry refresh works again", self.worker_id)
+
+    async def _withdraw(self) -> None:
+        """Remove this process from the worker registry at shutdown; never raises."""
+        if self._announcing is not None:
+            self._announcing.cancel()
+            await asyncio.gather(self._announcing, return_exceptions=True)
+            self._announcing = None
+        if not self._registered:
+            return
+        self._registered = False
+        try:
+            await self.broker.unregister_worker(self.worker_id)
+        except Exception as exc:
+            logger.warning(
+                "worker %s: could not leave the registry (%r); its entry expires in %gs",
+                self.worker_id,
+                exc,
+                self.broker.lease_seconds,
+            )
 
     # ----------------------------------------------------------------- shutdown
 
@@ -1083,6 +1163,7 @@ class TaskQueueService:
             if self._heartbeat is not None:
                 self._heartbeat.cancel()
                 await asyncio.gather(self._heartbeat, return_exceptions=True)
+            await self._withdraw()
             self._fetcher = None
             self._heartbeat = None
             self._capacity = None
