@@ -155,7 +155,7 @@ class TaskLogger(logging.LoggerAdapter[logging.Logger]):
             extra = kwargs.get("extra") or {}
             kwargs["extra"] = {"task_id": task.id, "task_name": task.name, **extra}
             if level >= self.keep_level:
-                message = str(msg) % args if args else str(msg)
+                message = _message(msg, args)
                 exc_info = kwargs.get("exc_info")
                 if exc_info:
                     message += "\n" + _format_exception(exc_info)
@@ -168,7 +168,18 @@ class TaskLogger(logging.LoggerAdapter[logging.Logger]):
                     }
                 )
         if self.logger.isEnabledFor(level):
+            # Name the caller of the adapter, not this method, as the record's origin.
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
             self.logger.log(level, msg, *args, **kwargs)
+
+
+def _message(msg: object, args: tuple[Any, ...]) -> str:
+    """`msg % args` as logging would make it; a broken format never raises."""
+    record = logging.LogRecord("", logging.INFO, "", 0, msg, args, None)
+    try:
+        return record.getMessage()
+    except Exception:
+        return f"{msg} {args!r}"
 
 
 def _format_exception(exc_info: Any) -> str:

@@ -16,33 +16,40 @@ __all__ = ["TaskHandle"]
 class TaskHandle:
     """An enqueued task, seen from the code that enqueued it (or looked it up).
 
-    `task` is the task as it was when the handle was made; the methods ask the broker,
-    so they work from any process on a shared broker.
+    `task` is the task as last read: when the handle was made from a `Task`, or by the
+    latest `refresh()`; None for a handle made from an id and not refreshed yet. The
+    methods ask the broker, so they work from any process on a shared broker.
     """
 
-    __slots__ = ("_service", "task")
+    __slots__ = ("_id", "_service", "task")
 
-    def __init__(self, service: TaskQueueService, task: Task) -> None:
+    def __init__(self, service: TaskQueueService, task: Task | str) -> None:
         self._service = service
-        self.task = task
+        if isinstance(task, Task):
+            self._id = task.id
+            self.task: Task | None = task
+        else:
+            self._id = task
+            self.task = None
 
     def __repr__(self) -> str:
-        return f"TaskHandle(id={self.task.id!r}, name={self.task.name!r})"
+        name = "?" if self.task is None else self.task.name
+        return f"TaskHandle(id={self._id!r}, name={name!r})"
 
     @property
     def id(self) -> str:
         """The task's id."""
-        return self.task.id
+        return self._id
 
     async def get_task_id(self) -> str:
         """The task's id (an awaitable, as the queued-task API has it)."""
-        return self.task.id
+        return self._id
 
     async def refresh(self) -> Task:
         """Read the task as the broker holds it now; `TaskNotFoundError` once it is gone."""
-        task = await self._service.get_task(self.task.id)
+        task = await self._service.get_task(self._id)
         if task is None:
-            raise TaskNotFoundError(self.task.id)
+            raise TaskNotFoundError(self._id)
         self.task = task
         return task
 
@@ -60,8 +67,8 @@ class TaskHandle:
         Raises `TaskFailedError` or `TaskCancelledError` when it did not complete and
         `TimeoutError` after `timeout` seconds.
         """
-        return await self._service.get_result(self.task.id, timeout)
+        return await self._service.get_result(self._id, timeout)
 
     async def cancel(self, reason: str | None = None) -> bool:
         """Cancel the task if it is not final yet; False when it already is."""
-        return await self._service.cancel(self.task.id, reason)
+        return await self._service.cancel(self._id, reason)

@@ -69,9 +69,9 @@ class _Lease:
     __slots__ = (
         "cancelling",
         "context_dirty",
-        "flight",
         "lost",
         "new_logs",
+        "noted",
         "releasing",
         "running",
         "service",
@@ -91,7 +91,7 @@ class _Lease:
         self.lost = False
         self.context_dirty = False
         self.new_logs: list[dict[str, Any]] = []
-        self.flight: asyncio.Future[None] | None = None
+        self.noted = False  # context or log records were made while it ran
 
     # What `task_queue.context` asks of a running task (its RunningTask protocol).
 
@@ -225,6 +225,7 @@ class TaskQueueService:
         self._notes_lock = threading.Lock()
         self._noting: dict[str, _Lease] = {}
         self._note_flusher: asyncio.Task[None] | None = None
+        self._notes_flushing = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._started_at = utcnow()
@@ -464,12 +465,14 @@ class TaskQueueService:
         task = await self.add_task(name, payload, priority, delay_seconds, **options)
         return TaskHandle(self, task)
 
-    def handle(self, task: Task | str) -> TaskHandle:
-        """A `TaskHandle` for a task enqueued earlier (a Task or its id)."""
-        if isinstance(task, str):
-            return TaskHandle(self, Task(name="", id=task))
+    def handle(self, task: Task | TaskHandle | str) -> TaskHandle:
+        """A `TaskHandle` for a task enqueued earlier (a Task, a handle or an id)."""
+        if isinstance(task, TaskHandle):
+            task = task.task or task.id
+        if isinstance(task, str) and task:
+            return TaskHandle(self, task)
         if not isinstance(task, Task):
-            raise TypeError(f"expected a Task or a task id, got {type(task).__name__}")
+            raise TypeError(f"expected a Task, a TaskHandle or a task id, got {task!r}")
         return TaskHandle(self, task)
 
     async def add_tasks(self, tasks: Iterable[Mapping[str, Any]]) -> list[Task]:
@@ -769,10 +772,13 @@ class TaskQueueService:
                 outcome = TaskError.from_exception(exc, traceback.format_exc())
         lease.running = False
         lease.slot = None
-        if hooks.post_run or lease.flight is not None or self._noting:
+        # Decided before the hooks and notes below are awaited: a cancel that arrives
+        # once the executor has returned does not undo its result.
+        interrupted = lease.cancelling or lease.releasing or lease.lost
+        if hooks.post_run or lease.noted:
             await self._after_run(lease, result, raised)
         running.reset(context_token)
-        if lease.cancelling or lease.releasing or lease.lost:
+        if interrupted:
             # The executor swallowed our cancellation; honour it anyway.
             if slot.cancelling():
                 slot.uncancel()
@@ -798,11 +804,10 @@ class TaskQueueService:
         """Run the post_run hooks, then store the task's notes before its outcome."""
         if self.hooks.post_run:
             await self.hooks.run_post_run(lease.task, result, error)
-        if lease.task.id in self._noting:
+        if lease.noted:
+            # Flushes run one at a time, so this one also waits for an earlier flush that
+            # carries notes of this task: all of them land before the outcome.
             await self._flush_notes()
-        flight = lease.flight
-        if flight is not None and not flight.done():
-            await _finished(flight)
 
     def _noted(self, lease: _Lease) -> None:
         """The lease has context or log records to store: store them soon, in a batch."""
@@ -811,6 +816,7 @@ class TaskQueueService:
             if loop is not None:  # a sync executor's thread
                 loop.call_soon_threadsafe(self._noted, lease)
             return
+        lease.noted = True
         self._noting[lease.task.id] = lease
         if self._note_flusher is None or self._note_flusher.done():
             self._note_flusher = asyncio.create_task(
@@ -818,32 +824,49 @@ class TaskQueueService:
             )
 
     async def _flush_notes_later(self) -> None:
-        await asyncio.sleep(self.note_interval)
-        await self._flush_notes()
+        while self._noting:
+            await asyncio.sleep(self.note_interval)
+            await self._flush_notes()
 
     async def _flush_notes(self) -> None:
-        if not self._noting:
-            return
-        batch, self._noting = self._noting, {}
-        flight: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        notes: dict[str, TaskNote] = {}
-        with self._notes_lock:
-            for task_id, lease in batch.items():
-                context = normalize(lease.task.context) if lease.context_dirty else None
-                notes[task_id] = TaskNote(lease.token, context, lease.new_logs)
-                lease.context_dirty = False
-                lease.new_logs = []
-                lease.flight = flight
-        try:
-            stored = await self.broker.annotate(notes, max_logs=self.max_task_logs)
-        except Exception as exc:
-            logger.error("storing context and logs of %d tasks failed: %r", len(notes), exc)
-        else:
+        """Store the pending notes of every task in one broker call; never raises."""
+        async with self._notes_flushing:  # one call at a time: notes land in order
+            if not self._noting:
+                return
+            batch, self._noting = self._noting, {}
+            notes: dict[str, TaskNote] = {}
+            with self._notes_lock:
+                for task_id, lease in batch.items():
+                    notes[task_id] = TaskNote(lease.token, self._context_of(lease), lease.new_logs)
+                    lease.new_logs = []
+            try:
+                stored = await self.broker.annotate(notes, max_logs=self.max_task_logs)
+            except Exception as exc:
+                logger.error("storing context and logs of %d tasks failed: %r", len(notes), exc)
+                return
             refused = [task_id for task_id, ok in stored.items() if not ok]
             if refused:
                 logger.debug("context and logs of %d tasks no longer held: dropped", len(refused))
-        finally:
-            flight.set_result(None)
+
+    @staticmethod
+    def _context_of(lease: _Lease) -> dict[str, Any] | None:
+        """The lease's context to store, or None when unchanged or not JSON."""
+        if not lease.context_dirty:
+            return None
+        lease.context_dirty = False
+        task = lease.task
+        try:
+            return normalize(task.context, "context")  # type: ignore[no-any-return]
+        except PayloadError as exc:
+            # Someone wrote to task.context directly, bypassing set_context's checks.
+            logger.error(
+                "task %s [%s]: context not stored: %s",
+                task.id,
+                task.name,
+                exc,
+                extra=_log_extra(task),
+            )
+            return None
 
     async def _call(self, registered: _Registered, task: Task) -> Any:
         if registered.is_async:
@@ -1163,6 +1186,11 @@ class TaskQueueService:
             if self._heartbeat is not None:
                 self._heartbeat.cancel()
                 await asyncio.gather(self._heartbeat, return_exceptions=True)
+            await self._flush_notes()  # whatever tasks noted that was not stored yet
+            flusher = self._note_flusher
+            if flusher is not None and not flusher.done():
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
             await self._withdraw()
             self._fetcher = None
             self._heartbeat = None

@@ -418,3 +418,112 @@ async def test_handles_wait_report_status_and_cancel(make_service: Any) -> None:
     assert (await again.refresh()).result == 42
     with pytest.raises(TaskNotFoundError):
         await service.handle("ghost").status()
+
+
+# ------------------------------------------------------------------ robustness
+
+
+async def test_a_non_json_context_written_directly_does_not_kill_the_worker(
+    make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def careless(task: Task) -> str:
+        task.context["when"] = object()  # bypasses set_context's check
+        set_context("step", "after")
+        return "done anyway"
+
+    service = await make_service({"careless": careless, "fine": lambda task: "fine"})
+    first = await service.add_task("careless")
+    service.start_workers(1)
+    with caplog.at_level(logging.ERROR, logger="task_queue.service"):
+        assert await service.get_result(first.id, timeout=5) == "done anyway"
+    assert any("context not stored" in r.getMessage() for r in caplog.records)
+    second = await service.add_task("fine")
+    assert await service.get_result(second.id, timeout=5) == "fine"  # the slot lives on
+
+
+async def test_a_cancel_after_the_executor_returned_keeps_its_result(make_service: Any) -> None:
+    async def job(task: Task) -> str:
+        return "finished first"
+
+    service = await make_service({"job": job})
+
+    @service.on_post_run
+    async def cancel_late(task: Task, result: Any = None, error: Any = None) -> None:
+        assert await service.cancel(task.id, "too late")
+
+    task = await service.add_task("job")
+    service.start_workers(1)
+    done = await service.wait_for(task.id, timeout=5)
+    assert done.status is TaskStatus.COMPLETED and done.result == "finished first"
+
+
+async def test_notes_made_during_a_slow_store_follow_it(make_service: Any) -> None:
+    gate, calling, proceed, returned = (asyncio.Event() for _ in range(4))
+    log = get_logger("tests.workflows.slow")
+
+    async def job(task: Task) -> None:
+        set_context("step", 1)
+        log.info("A")
+        await calling.wait()  # the first store is in flight (and held)
+        set_context("step", 2)
+        log.info("B")
+        gate.set()
+        await proceed.wait()
+        returned.set()
+
+    service = await make_service({"job": job}, note_interval=0.01)
+    annotate = service.broker.annotate
+    first = True
+
+    async def slow_once(*args: Any, **kw: Any) -> dict[str, bool]:
+        nonlocal first
+        if first:
+            first = False
+            calling.set()
+            await gate.wait()
+        return await annotate(*args, **kw)
+
+    service.broker.annotate = slow_once  # type: ignore[method-assign]
+    task = await service.add_task("job")
+    service.start_workers(1)
+
+    async def second_step_stored() -> bool:
+        seen = await service.get_task(task.id)
+        return seen is not None and seen.context.get("step") == 2
+
+    await eventually(second_step_stored)  # while the task still runs
+    proceed.set()
+    done = await service.wait_for(task.id, timeout=5)
+    assert [r["message"] for r in done.logs] == ["A", "B"]
+
+
+async def test_task_logger_formats_like_logging_and_names_the_caller(
+    make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = get_logger("tests.workflows.format")
+
+    async def job(task: Task) -> None:
+        log.warning("%(n)s items", {"n": 3})
+        log.info("%d broken", "x")  # logging would print a formatting error, not raise
+
+    service = await make_service({"job": job})
+    with caplog.at_level(logging.WARNING, logger="tests.workflows.format"):
+        task = await service.add_task("job")
+        service.start_workers(1)
+        await service.get_result(task.id, timeout=5)
+    stored = await service.get_task(task.id)
+    assert stored is not None
+    assert [r["message"] for r in stored.logs] == ["3 items", "%d broken ('x',)"]
+    [record] = [r for r in caplog.records if r.name == "tests.workflows.format"]
+    assert record.filename == "test_workflows.py" and record.funcName == "job"
+
+
+async def test_handles_from_ids_and_handles(make_service: Any) -> None:
+    service = await make_service({"job": lambda task: 1})
+    task = await service.add_task("job")
+    by_id = service.handle(task.id)
+    assert by_id.task is None and by_id.id == task.id and "?" in repr(by_id)
+    assert service.handle(by_id).id == task.id
+    assert (await by_id.refresh()).name == "job" and by_id.task is not None
+    with pytest.raises(TypeError, match="expected a Task"):
+        service.handle(42)  # type: ignore[arg-type]

@@ -191,7 +191,8 @@ class InMemoryBroker(AbstractBroker):
         self._dead_expiry: deque[tuple[float, str]] = deque()
         self._cancel_reasons: dict[str, str] = {}
         self._waiting: dict[str, int] = {}  # task id -> parents not completed yet
-        self._children: dict[str, list[str]] = {}  # parent id -> ids waiting on it
+        # parent id -> ids waiting on it (a dict as an ordered set)
+        self._children: dict[str, dict[str, None]] = {}
         self._seq = 0
         self._tokens = 0  # fencing tokens come from one counter: never reused, even after purge
         self._stamp_ms = -1
@@ -230,11 +231,13 @@ class InMemoryBroker(AbstractBroker):
     def _check_parents(self, tasks: Sequence[Task]) -> None:
         """Refuse the call when a new task depends on a task that does not exist."""
         coming: set[str] = set()
+        now = time.time()
         for task in tasks:
             if task.id in self._tasks:
                 continue  # exists: enqueue returns it unchanged
             for parent in task.depends_on:
-                if parent not in self._tasks and parent not in coming:
+                gone = parent not in self._tasks or self._expires.get(parent, math.inf) <= now
+                if gone and parent not in coming:
                     raise TaskNotFoundError(
                         parent,
                         f"task {task.id!r} depends on {parent!r}, which does not exist "
@@ -288,11 +291,23 @@ class InMemoryBroker(AbstractBroker):
         if not open_parents:
             return False
         self._seq += 1
-        self._order[task.id] = self._seq  # its place in FIFO order is taken at enqueue
+        self._order.setdefault(task.id, self._seq)  # its FIFO place is taken at enqueue
+        self._hold(task, open_parents)
+        return True
+
+    def _hold(self, task: Task, open_parents: list[str]) -> None:
         self._waiting[task.id] = len(open_parents)
         for parent_id in open_parents:
-            self._children.setdefault(parent_id, []).append(task.id)
-        return True
+            self._children.setdefault(parent_id, {})[task.id] = None
+
+    def _leave_waiting(self, task: Task) -> None:
+        """The task stops waiting: no parent that ends later acts on it (or its id)."""
+        if self._waiting.pop(task.id, None) is None:
+            return
+        for parent_id in task.depends_on:
+            children = self._children.get(parent_id)
+            if children is not None:
+                children.pop(task.id, None)
 
     def _schedule(self, task: Task, due: float, now: float) -> None:
         # `order` is fixed at the first enqueue, so a task handed back or retried keeps its
@@ -507,8 +522,13 @@ class InMemoryBroker(AbstractBroker):
             return self._repeat(task_id, token, _FAILED)
         now = time.time()
         err = as_task_error(error)
-        if task.id in self._waiting:  # an administrative call on a task still waiting
-            task.error = err
+        if task.id in self._waiting:
+            # an administrative call on a task still waiting for its parents: a retry
+            # keeps it waiting, with the error recorded; otherwise it fails
+            if retry_in is not None:
+                task.error = err
+            else:
+                self._finish(task, _FAILED, now, error=err)
             return True
         if (
             retry_in is not None
@@ -634,6 +654,19 @@ class InMemoryBroker(AbstractBroker):
             raise TaskNotFoundError(task_id)
         if task.status not in FINAL_STATES:
             raise TaskStateError(f"task {task_id} is {task.status.value}, not final")
+        open_parents = []
+        for parent_id in task.depends_on:
+            parent = self._tasks.get(parent_id)
+            if parent is None:
+                continue  # gone: it cannot hold the task back
+            if parent.status is _FAILED or parent.status is _CANCELLED:
+                ended = "failed" if parent.status is _FAILED else "cancelled"
+                raise TaskStateError(
+                    f"task {task_id} depends on {parent_id!r}, which {ended}: "
+                    "requeue that task first"
+                )
+            if parent.status is not _COMPLETED:
+                open_parents.append(parent_id)
         self._expires.pop(task_id, None)
         due = now + delay_seconds
         self._fence(task)
@@ -647,7 +680,10 @@ class InMemoryBroker(AbstractBroker):
         task.worker_id = None
         task.cancel_requested = False
         task.scheduled_at = datetime.fromtimestamp(due, UTC)
-        self._schedule(task, due, now)
+        if open_parents:
+            self._hold(task, open_parents)
+        else:
+            self._schedule(task, due, now)
         return _snapshot(task)
 
     async def purge(self, status: TaskStatus = TaskStatus.PENDING) -> int:
@@ -656,12 +692,12 @@ class InMemoryBroker(AbstractBroker):
         self._maintain(time.time())
         doomed = [t.id for t in self._tasks.values() if t.status is status]
         for task_id in doomed:
+            self._leave_waiting(self._tasks[task_id])
             del self._tasks[task_id]
             self._order.pop(task_id, None)
             self._queued.pop(task_id, None)
             self._expires.pop(task_id, None)
             self._cancel_reasons.pop(task_id, None)
-            self._waiting.pop(task_id, None)
             self._children.pop(task_id, None)
             for future in self._watchers.pop(task_id, ()):
                 if not future.done():
@@ -796,8 +832,8 @@ class InMemoryBroker(AbstractBroker):
             self._leases.pop(task_id, None)
         else:
             self._queued.pop(task_id, None)
-            if self._waiting:
-                self._waiting.pop(task_id, None)
+            if self._waiting and task_id in self._waiting:
+                self._leave_waiting(task)
         if self._cancel_reasons:
             self._cancel_reasons.pop(task_id, None)
         task.status = status
@@ -843,7 +879,7 @@ class InMemoryBroker(AbstractBroker):
                         del self._waiting[child_id]
                         self._schedule(child, child.scheduled_at.timestamp(), now)
                     continue
-                del self._waiting[child_id]
+                self._leave_waiting(child)
                 self._fence(child)
                 reason = _dependency_reason(finished_id, finished_status)
                 logger.info(

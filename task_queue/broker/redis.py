@@ -512,7 +512,7 @@ class RedisBroker(AbstractBroker):
             max_attempts = int(h.get("max_attempts", "1"))
             error: TaskError | None = None
             raw_error = h.get("error", "")
-            if raw_error:
+            if raw_error and status is not TaskStatus.COMPLETED:
                 e = loads(raw_error)
                 error = TaskError(str(e["type"]), str(e.get("message", "")), e.get("traceback"))
             elif status is TaskStatus.CANCELLED:
@@ -604,10 +604,12 @@ class RedisBroker(AbstractBroker):
         # between two batches leaves the first ones stored, and a retry of the call is
         # safe (idempotent ids).
         replies: list[Any] = []
-        if self._fast is not None and len(parts) > 1:
+        if self._fast is not None and len(parts) > 1 and not any(t.depends_on for t in tasks):
             # One connection keeps the batches in order; sent together, the server runs
             # one while the replies of the others travel. (The settings check may await,
-            # and must not let a later batch overtake the first.)
+            # and must not let a later batch overtake the first.) With dependencies the
+            # batches go one after another: a retried batch must not let a later one,
+            # whose tasks may depend on it, run first.
             await self._ensure_checked()
             replies = await asyncio.gather(*(self._script("enqueue", *part) for part in parts))
         else:
@@ -652,21 +654,34 @@ class RedisBroker(AbstractBroker):
         return stored
 
     async def _check_parents(self, tasks: Sequence[Task]) -> None:
-        """Before a call that takes several script runs: every parent named from outside
-        the call must exist, so a missing one fails the call before any run stores."""
+        """Before a call that takes several script runs: every parent must exist or come
+        earlier in the call, so a bad one fails the call before any run stores."""
         ids = {task.id for task in tasks}
-        outside = {p: t.id for t in tasks for p in t.depends_on if p not in ids}
-        if not outside:
-            return
-        found = await self._tasks(list(outside))
-        missing = set(outside) - {task.id for task in found}
-        if missing:
-            parent = sorted(missing)[0]
-            raise TaskNotFoundError(
-                parent,
-                f"task {outside[parent]!r} depends on {parent!r}, which does not exist "
-                "(or has expired)",
-            )
+        seen: set[str] = set()
+        asked: dict[str, str] = {}  # parent (or child) id to read -> child naming it
+        ahead: list[tuple[str, str]] = []  # (child, parent later in the call)
+        for task in tasks:
+            for parent in task.depends_on:
+                if parent not in ids:
+                    asked.setdefault(parent, task.id)
+                elif parent not in seen:
+                    ahead.append((task.id, parent))
+            seen.add(task.id)
+        for child, _ in ahead:
+            asked.setdefault(child, child)
+        found = {task.id for task in await self._tasks(list(asked))}
+        for child, parent in ahead:
+            if child not in found:  # an existing child is returned as it is
+                raise TaskNotFoundError(
+                    parent,
+                    f"task {child!r} depends on {parent!r}, which comes after it in the call",
+                )
+        for parent, child in asked.items():
+            if parent != child and parent not in found:
+                raise TaskNotFoundError(
+                    parent,
+                    f"task {child!r} depends on {parent!r}, which does not exist (or has expired)",
+                )
 
     # ----------------------------------------------------------------- consuming
 
@@ -975,6 +990,11 @@ class RedisBroker(AbstractBroker):
             if reply == -1:
                 raise TaskNotFoundError(task_id)
             raise TaskStateError(f"task {task_id} is not final")
+        if reply and isinstance(reply[0], int) and reply[0] == -3:
+            raise TaskStateError(
+                f"task {task_id} depends on {_text(reply[1])!r}, which {_text(reply[2])}: "
+                "requeue that task first"
+            )
         return self._decode(reply)
 
     async def purge(self, status: TaskStatus = TaskStatus.PENDING) -> int:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from task_queue import AbstractBroker, Task, TaskNotFoundError, TaskStatus
+from task_queue import AbstractBroker, Task, TaskNotFoundError, TaskStateError, TaskStatus
 from task_queue.broker import TaskNote
 
 
@@ -182,13 +182,108 @@ async def test_waiting_tasks_count_as_pending_and_purge_with_them(
     assert (await broker.count_tasks())[TaskStatus.PENDING] == 0
 
 
-async def test_a_requeued_cancelled_child_runs_without_waiting(broker: AbstractBroker) -> None:
-    parent = await broker.enqueue(make(delay=60))
+async def test_requeue_waits_for_parents_again(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make())
     child = await broker.enqueue(make(depends_on=[parent.id]))
-    await broker.cancel(parent.id)
+    leased = await lease_all(broker)
+    assert await broker.mark_failed(parent.id, "boom", token=leased[parent.id].token)
+    assert await status(broker, child.id) is TaskStatus.CANCELLED
+    with pytest.raises(TaskStateError, match=f"{parent.id}.*failed.*requeue that task first"):
+        await broker.requeue(child.id)
+    await broker.requeue(parent.id)
     again = await broker.requeue(child.id)
     assert again.status is TaskStatus.PENDING
+    leased = await lease_all(broker)
+    assert list(leased) == [parent.id]  # the child waits for the parent's new run
+    await complete(broker, leased, parent.id)
     assert list(await lease_all(broker)) == [child.id]
+
+
+async def test_a_cancelled_child_requeued_while_its_parent_runs_waits(
+    broker: AbstractBroker,
+) -> None:
+    parent = await broker.enqueue(make())
+    child = await broker.enqueue(make(depends_on=[parent.id]))
+    leased = await lease_all(broker)
+    assert await broker.cancel(child.id)
+    await broker.requeue(child.id)
+    assert await broker.dequeue_many(10) == []
+    await complete(broker, leased, parent.id)
+    assert list(await lease_all(broker)) == [child.id]
+
+
+async def test_a_child_that_left_waiting_is_forgotten_by_its_parents(
+    broker: AbstractBroker,
+) -> None:
+    parent, other = await broker.enqueue(make()), await broker.enqueue(make(delay=60))
+    child = await broker.enqueue(make(depends_on=[parent.id], delay=60))
+    leased = await lease_all(broker)
+    assert await broker.cancel(child.id)
+    assert await broker.purge(TaskStatus.CANCELLED) == 1
+    reborn = await broker.enqueue(make(depends_on=[other.id], id=child.id))
+    assert reborn.status is TaskStatus.PENDING
+    await complete(broker, leased, parent.id)  # the old parent must not release it
+    assert await broker.dequeue_many(10) == []
+    assert await status(broker, child.id) is TaskStatus.PENDING
+
+
+async def test_a_multi_parent_child_cancelled_by_one_parent_ignores_the_other(
+    broker: AbstractBroker,
+) -> None:
+    a, b = await broker.enqueue(make()), await broker.enqueue(make())
+    child = await broker.enqueue(make(depends_on=[a.id, b.id]))
+    leased = await lease_all(broker)
+    assert await broker.mark_failed(a.id, "boom", token=leased[a.id].token)
+    assert await status(broker, child.id) is TaskStatus.CANCELLED
+    assert await broker.purge(TaskStatus.CANCELLED) == 1
+    reborn = await broker.enqueue(make(id=child.id, delay=60))
+    await complete(broker, leased, b.id)
+    assert await status(broker, reborn.id) is TaskStatus.PENDING
+    assert await broker.dequeue_many(10) == []
+
+
+async def test_administrative_failure_of_a_waiting_task(broker: AbstractBroker) -> None:
+    parent = await broker.enqueue(make(delay=60))
+    child = await broker.enqueue(make(depends_on=[parent.id]))
+    grandchild = await broker.enqueue(make(depends_on=[child.id]))
+    assert await broker.mark_failed(child.id, "keep waiting", retry_in=0)
+    assert await status(broker, child.id) is TaskStatus.PENDING
+    assert await broker.mark_failed(child.id, "given up")
+    got = await broker.get_task(child.id)
+    assert got is not None and got.status is TaskStatus.FAILED
+    assert got.error is not None and got.error.message == "given up"
+    assert await status(broker, grandchild.id) is TaskStatus.CANCELLED
+
+
+async def test_a_deep_chain_cancels_in_one_step(broker: AbstractBroker, broker_kind: str) -> None:
+    # Deeper than a recursive walk fits on Redis's Lua stack; fakeredis's Lua is slow.
+    depth = 2_000 if broker_kind == "redis-fake" else 12_000
+    chain = [make()]
+    for _ in range(depth - 1):
+        chain.append(make(depends_on=[chain[-1].id]))
+    await broker.enqueue_many(chain)
+    assert (await broker.count_tasks())[TaskStatus.PENDING] == depth
+    assert await broker.cancel(chain[0].id)
+    counts = await broker.count_tasks()
+    assert counts[TaskStatus.CANCELLED] == depth and counts[TaskStatus.PENDING] == 0
+    last = await broker.get_task(chain[-1].id)
+    assert last is not None and last.error is not None
+    assert last.error.message == f"parent task {chain[-2].id} was cancelled"
+    assert await broker.dequeue_many(10) == []
+
+
+async def test_a_forward_reference_in_a_large_call_stores_nothing(
+    broker: AbstractBroker,
+) -> None:
+    tasks = [make() for _ in range(1_200)]
+    tasks[10].depends_on = [tasks[1_150].id]
+    with pytest.raises(TaskNotFoundError, match=r"comes after it|does not exist"):
+        await broker.enqueue_many(tasks)
+    assert sum((await broker.count_tasks()).values()) == 0
+    tasks[10].depends_on = ["ghost"]
+    with pytest.raises(TaskNotFoundError, match="ghost"):
+        await broker.enqueue_many(tasks)
+    assert sum((await broker.count_tasks()).values()) == 0
 
 
 async def test_existing_child_is_returned_unchanged(broker: AbstractBroker) -> None:

@@ -24,7 +24,8 @@ Where the contract leaves room, the model reads it as follows:
 * Tokens grow with every lease of an id, also across a purge and a new enqueue of it.
 * A task with parents waits (PENDING, never leased) until all of them completed; when
   one ends FAILED or CANCELLED the waiting task becomes CANCELLED, and so on down. A
-  requeued task runs without waiting.
+  requeued task waits again for the parents that still exist and have not completed,
+  and is refused while one of them is FAILED or CANCELLED.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class ModelTask:
     # The report that ended the latest lease ("complete", "fail", "retry", "cancelled");
     # None while leased, never leased, released, or requeued since.
     ended_by: str | None = None
+    parents: list[str] = field(default_factory=list)
     waiting_on: set[str] = field(default_factory=set)  # parents not completed yet
     children: list[str] = field(default_factory=list)  # tasks that waited on it
 
@@ -244,6 +246,7 @@ class BrokerMachine(RuleBasedStateMachine):
         if not exists:
             self._model_enqueue(task_id, priority, retries)
             m = self.model[task_id]
+            m.parents = list(parents)
             states = [self.model[p].status for p in parents]
             if FAILED in states or CANCELLED in states:
                 m.status = CANCELLED
@@ -413,13 +416,17 @@ class BrokerMachine(RuleBasedStateMachine):
             with pytest.raises(TaskNotFoundError):
                 self.run(self.broker.requeue(task_id))
             return
-        if m.status not in FINAL:
+        parents = [self.model[p] for p in m.parents if p in self.model]
+        if m.status not in FINAL or any(p.status in (FAILED, CANCELLED) for p in parents):
             with pytest.raises(TaskStateError):
                 self.run(self.broker.requeue(task_id))
             return
         task = self.run(self.broker.requeue(task_id))
         m.status = PENDING
-        m.waiting_on = set()
+        m.waiting_on = {p for p in m.parents if p in self.model}
+        m.waiting_on -= {p for p in m.waiting_on if self.model[p].status is COMPLETED}
+        for parent in m.waiting_on:
+            self.model[parent].children.append(task_id)
         m.attempts = 0
         m.cancel_requested = False
         m.result = None

@@ -53,9 +53,10 @@ for i = 0, n - 1 do
     -- attempts, token and progress start absent and read as 0
     redis.call('HSET', key, 'id', id, 'data', ARGV[at + 1], 'status', 'pending',
       'max_attempts', ARGV[at + 4], 'score', score, 'due', due)
-    local open, doomed = {}, nil
+    local open, doomed, names = {}, nil, {}
     for j = 1, k do
       local parent = ARGV[at + 5 + j]
+      names[j] = #parent .. ':' .. parent
       local status = read(PREFIX .. parent, 'status')[1]
       if status == 'failed' or status == 'cancelled' then
         local ended = status == 'failed' and 'failed' or 'was cancelled'
@@ -64,17 +65,16 @@ for i = 0, n - 1 do
         open[#open + 1] = parent
       end
     end
+    if k > 0 then
+      redis.call('HSET', key, 'parents', table.concat(names))
+    end
     local flag = 1
     if doomed then
       fence(key)
       finish(id, 'cancelled', now, {'reason', doomed}, K_WAITING)
       flag = 2
     elseif #open > 0 then
-      for _, parent in ipairs(open) do
-        redis.call('SADD', K_WAITING .. ':' .. parent, id)
-      end
-      redis.call('HSET', key, 'deps', #open)
-      redis.call('ZADD', K_WAITING, now, id)
+      wait_for_parents(id, open, now)
     elseif due <= now then
       ready[#ready + 1] = score
       ready[#ready + 1] = id

@@ -22,7 +22,13 @@ if not h then
 end
 local from = holder_set(h[1])
 if (tonumber(h[7]) or 0) > 0 then
-  redis.call('HSET', key, 'error', err)  -- an administrative call on a task still waiting
+  -- an administrative call on a task still waiting for its parents: a retry keeps it
+  -- waiting, with the error recorded; otherwise it fails (and cancels its own children)
+  if retry ~= '' then
+    redis.call('HSET', key, 'error', err)
+  else
+    finish(id, 'failed', now, {'error', err}, K_WAITING)
+  end
 elseif h[5] == '1' then
   finish(id, 'cancelled', now, {}, from)
 elseif retry ~= '' and (tonumber(h[3]) or 0) < tonumber(h[4]) then

@@ -25,8 +25,8 @@
 --                         after STATS_TTL
 -- Task hash fields: id, data (static JSON), status, attempts, max_attempts, token, score,
 -- due, worker, started, finished, result, error, progress, cancel, reason, lost, deps
--- (parents not completed yet), context (JSON), logs (JSON records, one per line),
--- nlogs (how many lines logs holds).
+-- (parents not completed yet), parents (the parent ids, each as "<length>:<id>"),
+-- context (JSON), logs (JSON records, one per line), nlogs (how many lines logs holds).
 -- A task's state is the set holding its id; `status` in its hash always agrees with it.
 
 local K_READY, K_DELAYED, K_INFLIGHT = KEYS[1], KEYS[2], KEYS[3]
@@ -87,13 +87,40 @@ local function later(list, set, value)
   items[#items + 1] = value
 end
 
-local release_children  -- defined below `finish`, which it calls in turn
+local release_children  -- defined below `schedule`, which it needs
 
--- Make the task final: out of the set that holds it (`from`: K_INFLIGHT, or nil for a
--- pending task), into the set of its final state. `extra` is a flat list of more hash
--- fields to set. The set changes are made together by `flush`; the hash is deleted when
--- its time in the final-state set is up (see `trim`).
-local function finish(id, status, now, extra, from)
+-- The parent ids stored in a task hash's `parents` field.
+local function parent_ids(key)
+  local text = redis.call('HGET', key, 'parents')
+  local ids, at = {}, 1
+  if not text then
+    return ids
+  end
+  while at <= #text do
+    local colon = string.find(text, ':', at, true)
+    local length = tonumber(string.sub(text, at, colon - 1))
+    ids[#ids + 1] = string.sub(text, colon + 1, colon + length)
+    at = colon + 1 + length
+  end
+  return ids
+end
+
+-- A task that waits on parents stops waiting: out of every parent's set of waiting
+-- tasks, so a parent that ends later never acts on it (or on a new task with its id).
+local function leave_waiting(id)
+  local key = PREFIX .. id
+  local h = read(key, 'status', 'deps')
+  if h and (tonumber(h[2]) or 0) > 0 then
+    for _, parent in ipairs(parent_ids(key)) do
+      redis.call('SREM', K_WAITING .. ':' .. parent, id)
+    end
+    redis.call('HSET', key, 'deps', 0)
+    redis.call('ZREM', K_WAITING, id)
+  end
+end
+
+-- `finish` without what it does to the tasks waiting on this one (see `finish`).
+local function finish_one(id, status, now, extra, from)
   if from then
     later(leaving, from, id)
   else
@@ -112,6 +139,18 @@ local function finish(id, status, now, extra, from)
   later(arriving, set, id)
   counted[status] = (counted[status] or 0) + 1
   finished_ids[#finished_ids + 1] = #id .. ':' .. id
+end
+
+-- Make the task final: out of the set that holds it (`from`: K_INFLIGHT, K_WAITING, or
+-- nil for a pending task), into the set of its final state, and release or cancel the
+-- tasks waiting on it. `extra` is a flat list of more hash fields to set. The set
+-- changes are made together by `flush`; the hash is deleted when its time in the
+-- final-state set is up (see `trim`).
+local function finish(id, status, now, extra, from)
+  if from ~= K_INFLIGHT then
+    leave_waiting(id)
+  end
+  finish_one(id, status, now, extra, from)
   release_children(id, status, now)
 end
 
@@ -199,35 +238,50 @@ end
 
 -- The task `id` became final: the tasks waiting on it move on when it completed and
 -- they wait on nothing else, or are cancelled (naming it) when it failed or was
--- cancelled, and so on down the tree (`finish` calls back here).
+-- cancelled, and so on down the tree: a loop, not recursion, so a chain of any depth
+-- fits the Lua stack.
 release_children = function(id, status, now)
-  local set = K_WAITING .. ':' .. id
-  local children = redis.call('SMEMBERS', set)
-  if #children == 0 then
-    return
-  end
-  redis.call('DEL', set)
-  local ended = 'failed'
-  if status == 'cancelled' then
-    ended = 'was cancelled'
-  end
-  for _, child in ipairs(children) do
-    local key = PREFIX .. child
-    local h = read(key, 'status', 'deps', 'score', 'due')
-    if h and h[1] == 'pending' and (tonumber(h[2]) or 0) > 0 then
-      if status == 'completed' then
-        if redis.call('HINCRBY', key, 'deps', -1) <= 0 then
-          redis.call('ZREM', K_WAITING, child)
-          schedule(child, h[3], tonumber(h[4]), now)
+  local ended_tasks = {{id, status}}
+  while #ended_tasks > 0 do
+    local top = table.remove(ended_tasks)
+    local parent, parent_status = top[1], top[2]
+    local set = K_WAITING .. ':' .. parent
+    local children = redis.call('SMEMBERS', set)
+    if #children > 0 then
+      redis.call('DEL', set)
+      local reason = 'parent task ' .. parent .. ' failed'
+      if parent_status == 'cancelled' then
+        reason = 'parent task ' .. parent .. ' was cancelled'
+      end
+      for _, child in ipairs(children) do
+        local key = PREFIX .. child
+        local h = read(key, 'status', 'deps', 'score', 'due')
+        if h and h[1] == 'pending' and (tonumber(h[2]) or 0) > 0 then
+          if parent_status == 'completed' then
+            if redis.call('HINCRBY', key, 'deps', -1) <= 0 then
+              redis.call('ZREM', K_WAITING, child)
+              schedule(child, h[3], tonumber(h[4]), now)
+            end
+          else
+            leave_waiting(child)
+            fence(key)
+            finish_one(child, 'cancelled', now, {'reason', reason}, K_WAITING)
+            ended_tasks[#ended_tasks + 1] = {child, 'cancelled'}
+          end
         end
-      else
-        redis.call('HSET', key, 'deps', 0)
-        fence(key)
-        finish(child, 'cancelled', now, {'reason', 'parent task ' .. id .. ' ' .. ended},
-          K_WAITING)
       end
     end
   end
+end
+
+-- Hold a pending task back until its parents complete: it joins the waiting set and
+-- each open parent's set. `open` lists the parents that have not completed.
+local function wait_for_parents(id, open, now)
+  for _, parent in ipairs(open) do
+    redis.call('SADD', K_WAITING .. ':' .. parent, id)
+  end
+  redis.call('HSET', PREFIX .. id, 'deps', #open)
+  redis.call('ZADD', K_WAITING, now, id)
 end
 
 -- Check that the caller may report `done` on the task. Returns the fields read (status,

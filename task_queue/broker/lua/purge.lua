@@ -16,6 +16,9 @@ local deleted = 0
 for _, set in ipairs(sets) do
   local ids = redis.call('ZRANGE', set, 0, batch - deleted - 1)
   for _, id in ipairs(ids) do
+    if set == K_WAITING then
+      leave_waiting(id)
+    end
     redis.call('ZREM', set, id)
     redis.call('DEL', PREFIX .. id, K_WAITING .. ':' .. id)
     finished_ids[#finished_ids + 1] = #id .. ':' .. id
