@@ -1,0 +1,639 @@
+"""AsyncTaskWorker: the async-task-worker API as a facade over a TaskQueueService.
+
+Each call of a task function becomes a broker task named by the function's task type,
+with the JSON payload `{"args": [...], "kwargs": {...}}` (plus `"cache"` when its result
+is cached), so any broker works and a worker process finds the function by name in the
+registry. Tasks run at most once (`max_retries=0`), as in async-task-worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from ..broker.base import AbstractBroker
+from ..broker.memory import InMemoryBroker
+from ..codec import normalize
+from ..errors import PayloadError, TaskNotFoundError, TaskStateError, UnknownTaskError
+from ..models import Task, utcnow
+from ..models import TaskStatus as CoreStatus
+from ..retry import RetryPolicy
+from ..service import TaskExecutor, TaskQueueService
+from . import registry
+from .cache import CacheAdapter, MemoryCacheAdapter, check_ttl, make_cache_key
+from .flights import PARK_SECONDS, Flights
+from .models import TaskInfo, TaskStatus
+from .progress import ProgressReporter
+from .registry import TaskFunction, get_task_function, get_task_type, is_async_callable
+from .tracking import TaskTracker
+
+__all__ = ["AsyncTaskWorker", "set_default_broker"]
+
+logger = logging.getLogger(__name__)
+
+_default_broker: Callable[[], AbstractBroker] = InMemoryBroker
+
+
+def set_default_broker(factory: Callable[[], AbstractBroker] | None) -> None:
+    """Choose the broker of every `AsyncTaskWorker` made without `broker=`.
+
+    `factory()` is called once per worker; None restores the default, a new
+    `InMemoryBroker` per worker. Lets unchanged async-task-worker code run on Redis.
+    """
+    global _default_broker
+    _default_broker = InMemoryBroker if factory is None else factory
+
+
+def _log_extra(task: Task) -> dict[str, Any]:
+    return {"task_id": task.id, "task_name": task.name}
+
+
+class _Call:
+    """A compat task's payload, decoded."""
+
+    __slots__ = ("args", "cache_key", "cache_ttl", "kwargs")
+
+    def __init__(self, task: Task) -> None:
+        payload = task.payload
+        args = payload.get("args", [])
+        kwargs = payload.get("kwargs", {})
+        cache = payload.get("cache")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError(
+                f"task {task.id} [{task.name}]: the payload is not an AsyncTaskWorker call "
+                '(expected {"args": [...], "kwargs": {...}})'
+            )
+        self.args: list[Any] = args
+        self.kwargs: dict[str, Any] = kwargs
+        self.cache_key: str | None = None
+        self.cache_ttl: float | None = None
+        if isinstance(cache, dict) and isinstance(cache.get("key"), str):
+            self.cache_key = cache["key"]
+            ttl = cache.get("ttl")
+            self.cache_ttl = float(ttl) if isinstance(ttl, int | float) else None
+
+
+def _cache_key_of(task: Task) -> str | None:
+    cache = task.payload.get("cache") if isinstance(task.payload, dict) else None
+    if isinstance(cache, dict) and isinstance(cache.get("key"), str):
+        return str(cache["key"])
+    return None
+
+
+def _accepts_progress(func: TaskFunction) -> bool:
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+    parameter = parameters.get("progress_callback")
+    return parameter is not None and parameter.kind not in (
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    )
+
+
+def _check_call(
+    task_type: str, func: TaskFunction, args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    """Refuse arguments the function cannot take, before anything is enqueued."""
+    if "progress_callback" in kwargs:
+        raise TypeError("progress_callback is supplied by the worker; do not pass one")
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return
+    extra = {"progress_callback": None} if _accepts_progress(func) else {}
+    try:
+        signature.bind(*args, **kwargs, **extra)
+    except TypeError as exc:
+        raise TypeError(f"arguments do not match task {task_type!r}{signature}: {exc}") from None
+
+
+class AsyncTaskWorker:
+    """Runs registered async functions as background tasks, as async-task-worker does.
+
+    `max_workers` tasks run at once in this process (0: none, the worker only adds and
+    tracks tasks that other processes run). `task_timeout` bounds every task that sets
+    no `timeout`. `worker_poll_interval` is how often the state of tasks running in
+    other processes is refreshed for `get_task_info`. The result cache is on for every
+    task with `cache_enabled`, or per task with `use_cache=True`; entries live
+    `cache_ttl` seconds (None: no expiry) in `cache_adapter`, by default an in-memory LRU
+    of `cache_max_size` entries. `broker` holds the tasks (default: see
+    `set_default_broker`, else a new `InMemoryBroker`).
+    """
+
+    def __init__(
+        self,
+        max_workers: int = 10,
+        task_timeout: float | None = None,
+        worker_poll_interval: float = 1.0,
+        cache_enabled: bool = False,
+        cache_ttl: int | None = 3600,
+        cache_max_size: int | None = 1000,
+        cache_adapter: CacheAdapter | None = None,
+        broker: AbstractBroker | None = None,
+    ) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(f"max_workers must be an int, got {max_workers!r}")
+        if max_workers < 0:
+            raise ValueError(f"max_workers must be >= 0, got {max_workers}")
+        if isinstance(worker_poll_interval, bool) or not isinstance(
+            worker_poll_interval, int | float
+        ):
+            raise TypeError(f"worker_poll_interval must be a number, got {worker_poll_interval!r}")
+        if not worker_poll_interval > 0:
+            raise ValueError(f"worker_poll_interval must be > 0, got {worker_poll_interval}")
+        if cache_adapter is not None and not isinstance(cache_adapter, CacheAdapter):
+            raise TypeError(
+                f"cache_adapter must be a CacheAdapter, got {type(cache_adapter).__name__}"
+            )
+        check_ttl(task_timeout, "task_timeout")
+        self.max_workers = max_workers
+        self.task_timeout = task_timeout
+        self.worker_poll_interval = float(worker_poll_interval)
+        self.cache_enabled = bool(cache_enabled)
+        self.cache_ttl = check_ttl(cache_ttl, "cache_ttl")
+        self.cache: CacheAdapter = cache_adapter or MemoryCacheAdapter(cache_max_size)
+        self.broker: AbstractBroker = broker if broker is not None else _default_broker()
+        self.service = TaskQueueService(
+            self.broker,
+            retry_policy=RetryPolicy(max_retries=0),
+            default_timeout=task_timeout,
+            concurrency=max(1, max_workers),
+        )
+        retention = float(getattr(self.broker, "result_ttl", 3600.0))
+        self._tracker = TaskTracker(self.broker, self._on_final, retention)
+        self._flights = Flights(self.broker, self._tracker)
+        self._implicit: dict[str, TaskFunction] = {}
+        self._registered: set[str] = set()
+        self._started = False
+        self._refresher: asyncio.Task[None] | None = None
+        for task_type in registry.get_all_task_types():
+            self._ensure_registered(task_type)
+        registry.add_listener(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"AsyncTaskWorker(max_workers={self.max_workers}, broker={self.broker!r}, "
+            f"running={self._started})"
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def running(self) -> bool:
+        """True between `start()` and `stop()`."""
+        return self._started
+
+    async def start(self) -> None:
+        """Start `max_workers` worker slots and the tracking of this worker's tasks."""
+        if self._started:
+            return
+        self._started = True
+        self._tracker.watch_all()
+        if self.max_workers:
+            self.service.start_workers(self.max_workers)
+        self._refresher = asyncio.create_task(
+            self._refresh_loop(), name="task-queue-compat-refresh"
+        )
+        logger.info("AsyncTaskWorker started with %d workers on %r", self.max_workers, self.broker)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker slots: running tasks get `timeout` seconds to finish.
+
+        Tasks still running then are interrupted and go back to the broker as pending,
+        with the tasks not started yet; a later `start()` runs them.
+        """
+        started, self._started = self._started, False
+        try:
+            if started:
+                await self.service.shutdown(grace=timeout)
+        finally:
+            refresher, self._refresher = self._refresher, None
+            if refresher is not None:
+                refresher.cancel()
+                await asyncio.gather(refresher, return_exceptions=True)
+            await self._tracker.stop()
+        if started:
+            logger.info("AsyncTaskWorker stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _refresh_loop(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.worker_poll_interval)
+            try:
+                await self._tracker.refresh()
+            except Exception as exc:
+                if not failing:
+                    logger.warning("refreshing task states failed: %r", exc)
+                failing = True
+            else:
+                failing = False
+
+    # ----------------------------------------------------------------- functions by name
+
+    def task_types(self) -> list[str]:
+        """Every task type this worker can run: the registry's, then unregistered functions'."""
+        registered = registry.get_all_task_types()
+        return registered + [t for t in self._implicit if t not in set(registered)]
+
+    def _lookup(self, task_type: str) -> TaskFunction | None:
+        return get_task_function(task_type) or self._implicit.get(task_type)
+
+    def _type_of(self, task_func: Any, *, remember: bool) -> str:
+        if isinstance(task_func, str):
+            if self._lookup(task_func) is None:
+                raise UnknownTaskError(task_func, self.task_types())
+            return task_func
+        if not is_async_callable(task_func):
+            raise TypeError(
+                f"task_func must be an async function (or a task type name), got {task_func!r}"
+            )
+        task_type = get_task_type(task_func)
+        if task_type is not None:
+            return task_type
+        for name, func in self._implicit.items():
+            if func is task_func or func == task_func:
+                return name
+        # Not registered: known by its import path in this process only.
+        module = getattr(task_func, "__module__", "?")
+        base = f"{module}.{getattr(task_func, '__qualname__', repr(task_func))}"
+        name, n = base, 1
+        while name in self._implicit or get_task_function(name) is not None:
+            n += 1
+            name = f"{base}#{n}"
+        if remember:
+            self._implicit[name] = task_func
+        return name
+
+    def _ensure_registered(self, task_type: str) -> None:
+        if task_type not in self._registered:
+            self._registered.add(task_type)
+            self.service.register(task_type, self._executor(task_type))
+
+    def _task_registered(self, task_type: str) -> None:
+        """Registry listener: a function registered later becomes runnable here too."""
+        self._ensure_registered(task_type)
+
+    def _executor(self, task_type: str) -> TaskExecutor:
+        async def execute(task: Task) -> Any:
+            return await self._execute(task_type, task)
+
+        execute.__qualname__ = f"AsyncTaskWorker.execute[{task_type}]"
+        return execute
+
+    async def _execute(self, task_type: str, task: Task) -> Any:
+        func = self._lookup(task_type)
+        if func is None:
+            raise UnknownTaskError(task_type, self.task_types())
+        call = _Call(task)
+        tracker = self._tracker
+        tracker.started(task)
+        reporter: ProgressReporter | None = None
+        try:
+            if call.cache_key is not None:
+                hit, value = await self._cache_get(call.cache_key)
+                if hit:
+                    logger.info(
+                        "task %s [%s]: result found in the cache",
+                        task.id,
+                        task.name,
+                        extra=_log_extra(task),
+                    )
+                    return value
+            kwargs = dict(call.kwargs)
+            if _accepts_progress(func):
+                reporter = ProgressReporter(task, lambda p: tracker.progress(task.id, p))
+                kwargs["progress_callback"] = reporter
+            result = await func(*call.args, **kwargs)
+            value = normalize(result, "result")
+            if reporter is not None:
+                await reporter.flush()
+            if call.cache_key is not None:
+                await self._cache_set(call.cache_key, value, call.cache_ttl)
+        except Exception as exc:
+            tracker.left(task.id, exc)
+            if reporter is not None:
+                await reporter.flush()
+            raise
+        except BaseException:
+            tracker.left(task.id)
+            if reporter is not None:
+                reporter.cancel()
+            raise
+        tracker.left(task.id)
+        return value
+
+    # ----------------------------------------------------------------- adding tasks
+
+    async def add_task(
+        self,
+        task_func: TaskFunction,
+        *args: Any,
+        priority: int = 0,
+        task_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        use_cache: bool | None = None,
+        cache_ttl: int | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Queue `task_func(*args, **kwargs)` and return the task's id.
+
+        `priority`: lower runs first. `task_id`: your own id (adding an id twice adds
+        one task). `metadata`: a JSON dict kept with the task. `timeout`: seconds before
+        the task fails with a TimeoutError (default `task_timeout`). `use_cache` and
+        `cache_ttl` override the worker's cache settings for this task. Arguments must
+        be JSON and fit the function's signature, else TypeError and nothing is added.
+        """
+        task_type = self._type_of(task_func, remember=True)
+        self._ensure_registered(task_type)
+        func = self._lookup(task_type)
+        assert func is not None
+        return await self._submit(
+            task_type,
+            func,
+            list(args),
+            kwargs,
+            priority,
+            task_id,
+            metadata,
+            timeout,
+            use_cache,
+            cache_ttl,
+        )
+
+    async def submit(
+        self,
+        task_type: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        task_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        use_cache: bool | None = None,
+        cache_ttl: int | None = None,
+    ) -> str:
+        """`add_task` by task type name, with the arguments given as a list and a dict.
+
+        Raises `UnknownTaskError` (a ValueError) naming the registered types when
+        `task_type` is not one of them.
+        """
+        func = self._lookup(task_type) if isinstance(task_type, str) else None
+        if func is None:
+            raise UnknownTaskError(str(task_type), self.task_types())
+        self._ensure_registered(task_type)
+        return await self._submit(
+            task_type,
+            func,
+            list(args or ()),
+            dict(kwargs or {}),
+            priority,
+            task_id,
+            metadata,
+            timeout,
+            use_cache,
+            cache_ttl,
+        )
+
+    async def _submit(
+        self,
+        task_type: str,
+        func: TaskFunction,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        priority: int,
+        task_id: str | None,
+        metadata: Mapping[str, Any] | None,
+        timeout: float | None,
+        use_cache: bool | None,
+        cache_ttl: int | None,
+    ) -> str:
+        _check_call(task_type, func, args, kwargs)
+        if use_cache is not None and not isinstance(use_cache, bool):
+            raise TypeError(f"use_cache must be True, False or None, got {use_cache!r}")
+        cached = self.cache_enabled if use_cache is None else use_cache
+        ttl = self.cache_ttl if cache_ttl is None else check_ttl(cache_ttl, "cache_ttl")
+        payload: dict[str, Any] = {
+            "args": normalize(args, "args"),
+            "kwargs": normalize(kwargs, "kwargs"),
+        }
+        if task_id is not None and task_id in self._tracker:
+            return task_id
+        options: dict[str, Any] = {
+            "priority": priority,
+            "task_id": task_id,
+            "timeout": timeout,
+            "metadata": metadata,
+        }
+        if not cached:
+            stored = await self.service.add_task(task_type, payload, **options)
+            self._tracker.track(stored)
+            return stored.id
+        key = make_cache_key(task_type, payload["args"], payload["kwargs"])
+        payload["cache"] = {"key": key, "ttl": ttl}
+        hit, value = await self._cache_get(key)
+        if hit:
+            try:
+                value = normalize(value, "cached result")
+            except PayloadError as exc:
+                logger.warning(
+                    "cached result for %s is not JSON (%s); running the task", task_type, exc
+                )
+            else:
+                return await self._add_from_cache(task_type, payload, value, options)
+        flight = self._flights.current(key)
+        if flight is not None:
+            payload["follows"] = flight.leader
+            parked = await self._add_parked(task_type, payload, options)
+            if parked is None:
+                return str(task_id)
+            self._tracker.track(parked, follows=flight.leader)
+            await self._flights.follow(flight, parked.id)
+            return parked.id
+        options["task_id"] = task_id or uuid.uuid4().hex
+        flight = self._flights.lead(key, options["task_id"])
+        before = utcnow()
+        try:
+            stored = await self.service.add_task(task_type, payload, **options)
+        except BaseException:
+            await self._flights.abandon(flight)
+            raise
+        if stored.created_at < before and _cache_key_of(stored) != key:
+            await self._flights.abandon(flight)  # the id was taken by another call
+        self._tracker.track(stored)
+        return stored.id
+
+    async def _add_parked(
+        self, task_type: str, payload: dict[str, Any], options: dict[str, Any]
+    ) -> Task | None:
+        """Store a task that will not run by itself for a long while; None if it existed."""
+        before = utcnow()
+        stored = await self.service.add_task(
+            task_type, payload, delay_seconds=PARK_SECONDS, **options
+        )
+        if options["task_id"] is not None and stored.created_at < before:
+            self._tracker.track(stored)
+            return None
+        return stored
+
+    async def _add_from_cache(
+        self, task_type: str, payload: dict[str, Any], value: Any, options: dict[str, Any]
+    ) -> str:
+        stored = await self._add_parked(task_type, payload, options)
+        if stored is None:
+            return str(options["task_id"])
+        with contextlib.suppress(TaskStateError, TaskNotFoundError):
+            # (Unless it was cancelled or is gone already: its watcher tells.)
+            await self.broker.mark_complete(stored.id, value)
+        self._tracker.track(stored)
+        self._tracker.completed_now(stored.id, value)
+        logger.info(
+            "task %s [%s]: completed from the cache",
+            stored.id,
+            task_type,
+            extra=_log_extra(stored),
+        )
+        return stored.id
+
+    # ----------------------------------------------------------------- reading
+
+    def get_task_info(self, task_id: str) -> TaskInfo | None:
+        """What this worker knows of a task it added, without I/O; None if not one of them.
+
+        Tasks run by this process are current at once; tasks other processes run are
+        refreshed every `worker_poll_interval`. `fetch_task_info` asks the broker.
+        """
+        return self._tracker.view(task_id)
+
+    def get_all_tasks(
+        self,
+        status: TaskStatus | str | None = None,
+        limit: int | None = None,
+        older_than: timedelta | None = None,
+    ) -> list[TaskInfo]:
+        """This worker's tasks, newest first, optionally in `status` and created more than
+        `older_than` ago; at most `limit` of them (applied after sorting)."""
+        wanted = None if status is None else TaskStatus(status)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+        if older_than is not None and not isinstance(older_than, timedelta):
+            raise TypeError(f"older_than must be a timedelta, got {older_than!r}")
+        infos = self._tracker.views()
+        if wanted is not None:
+            infos = [i for i in infos if i.status is wanted]
+        if older_than is not None:
+            cutoff = utcnow() - older_than
+            infos = [i for i in infos if i.created_at < cutoff]
+        infos.sort(key=lambda i: i.created_at, reverse=True)
+        return infos if limit is None else infos[:limit]
+
+    async def fetch_task_info(self, task_id: str) -> TaskInfo | None:
+        """The task as the broker holds it now (any producer's), or None."""
+        task = await self.service.get_task(task_id)
+        if task is None:
+            return None
+        info = TaskInfo.from_task(task)
+        leader_id = self._tracker.follows(task_id)
+        if leader_id is None and isinstance(task.payload.get("follows"), str):
+            leader_id = task.payload["follows"]
+        if leader_id and not info.status.is_final:
+            leader = await self.service.get_task(leader_id)
+            if leader is not None and not leader.is_final:
+                info.status = TaskStatus.from_core(leader.status)
+                info.started_at = leader.started_at
+                info.progress = leader.progress
+        return info
+
+    def get_task_future(self, task_id: str) -> asyncio.Future[Any]:
+        """A future of the task's result: it raises the task's exception when it failed
+        (a `TaskFailedError` when it failed in another process) and is cancelled when
+        the task was. An id the broker does not know raises `TaskNotFoundError`."""
+        return self._tracker.future(task_id)
+
+    def get_task_futures(self, task_ids: Iterable[str]) -> list[asyncio.Future[Any]]:
+        """`get_task_future` for each id, in order."""
+        return [self._tracker.future(task_id) for task_id in task_ids]
+
+    # ----------------------------------------------------------------- control
+
+    async def cancel_task(self, task_id: str) -> bool:
+        """Cancel a pending or running task; False when it is unknown or already final."""
+        try:
+            accepted = await self.service.cancel(task_id)
+        except TaskNotFoundError:
+            return False
+        if accepted:
+            self._tracker.cancelled_now(task_id)
+        return accepted
+
+    async def invalidate_cache(
+        self, task_func: TaskFunction | str, *args: Any, **kwargs: Any
+    ) -> bool:
+        """Remove the cached result of `task_func(*args, **kwargs)`; True if there was one."""
+        task_type = self._type_of(task_func, remember=False)
+        return await self.cache.delete(make_cache_key(task_type, args, kwargs))
+
+    async def clear_cache(self) -> None:
+        """Remove every cached result."""
+        await self.cache.clear()
+
+    # ----------------------------------------------------------------- internals
+
+    async def _cache_get(self, key: str) -> tuple[bool, Any]:
+        try:
+            return await self.cache.get(key)
+        except Exception as exc:
+            logger.warning("cache lookup failed (%r); running the task", exc)
+            return False, None
+
+    async def _cache_set(self, key: str, value: Any, ttl: float | None) -> None:
+        try:
+            await self.cache.set(key, value, None if ttl is None else _whole_seconds(ttl))
+        except Exception as exc:
+            logger.warning("storing a result in the cache failed (%r)", exc)
+
+    async def _on_final(self, task: Task) -> None:
+        key = _cache_key_of(task)
+        if key is None:
+            return
+        flight = self._flights.current(key)
+        if (
+            flight is not None
+            and flight.leader == task.id
+            and task.status is CoreStatus.COMPLETED
+            and not self._tracker.ran_here(task.id)
+        ):
+            # Run in another process: keep the result here too.
+            ttl = task.payload["cache"].get("ttl")
+            await self._cache_set(key, task.result, ttl if isinstance(ttl, int | float) else None)
+        await self._flights.ended(task, key)
+
+
+def _whole_seconds(ttl: float) -> int:
+    """A TTL as the whole seconds cache adapters take (rounded up)."""
+    return max(1, math.ceil(ttl))
