@@ -1,0 +1,393 @@
+"""The result cache: keys, the memory and Redis adapters, per-task overrides, single flight."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from task_queue import PayloadError, TaskFailedError
+from task_queue.compat import (
+    AsyncTaskWorker,
+    CacheAdapter,
+    MemoryCacheAdapter,
+    make_cache_key,
+    task,
+)
+from task_queue.models import TaskStatus as CoreStatus
+from tests.compat.conftest import TIMEOUT, WorkerFactory, wait_until
+from tests.conftest import REDIS_URL, require_real_redis, unique_prefix
+
+
+class Clock:
+    """A hand-moved clock for TTLs."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def result_of(worker: AsyncTaskWorker, task_id: str) -> Any:
+    return await asyncio.wait_for(worker.get_task_future(task_id), TIMEOUT)
+
+
+# ---------------------------------------------------------------- keys
+
+
+def test_cache_key_depends_on_type_args_and_kwargs_not_on_keyword_order() -> None:
+    key = make_cache_key("t", [1, {"b": 2, "a": 1}], {"x": 1, "y": [1, 2]})
+    assert key == make_cache_key("t", (1, {"a": 1, "b": 2}), {"y": (1, 2), "x": 1})
+    assert key != make_cache_key("u", [1, {"b": 2, "a": 1}], {"x": 1, "y": [1, 2]})
+    assert key != make_cache_key("t", [2, {"b": 2, "a": 1}], {"x": 1, "y": [1, 2]})
+    assert key != make_cache_key("t", [1, {"b": 2, "a": 1}], {"x": 2, "y": [1, 2]})
+    assert len(key) == 64
+    with pytest.raises(PayloadError, match=r"args\[0\]"):
+        make_cache_key("t", [object()], {})
+
+
+def test_cache_key_is_the_same_in_another_process() -> None:
+    args, kwargs = [1, "x", {"k": [1.5, None]}], {"flag": True, "name": "é"}
+    code = (
+        "from task_queue.compat import make_cache_key;"
+        f"print(make_cache_key('t', {args!r}, {kwargs!r}))"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert other.stdout.strip() == make_cache_key("t", args, kwargs)
+
+
+# ---------------------------------------------------------------- memory adapter
+
+
+async def test_memory_adapter_ttl_lru_delete_clear() -> None:
+    clock = Clock()
+    cache = MemoryCacheAdapter(max_size=2, clock=clock)
+    await cache.set("a", 1, ttl=10)
+    await cache.set("b", 2)
+    assert await cache.get("a") == (True, 1)  # a is now the most recently used
+    await cache.set("c", 3)
+    assert await cache.get("b") == (False, None)  # b was the least recently used
+    assert len(cache) == 2
+    clock.now += 10
+    assert await cache.get("a") == (False, None)  # expired
+    assert await cache.get("c") == (True, 3)  # no TTL: kept
+    assert await cache.delete("c") is True
+    assert await cache.delete("c") is False
+    await cache.set("d", 4)
+    await cache.clear()
+    assert len(cache) == 0
+    with pytest.raises(ValueError, match="max_size"):
+        MemoryCacheAdapter(max_size=0)
+    with pytest.raises(ValueError, match="ttl"):
+        await cache.set("e", 5, ttl=0)
+
+
+# ---------------------------------------------------------------- redis adapter
+
+
+@pytest.fixture(params=["redis-fake", "redis-real"])
+async def redis_cache(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    from task_queue.compat import RedisCacheAdapter
+
+    prefix = unique_prefix()
+    if request.param == "redis-fake":
+        import fakeredis
+
+        adapter = RedisCacheAdapter(
+            fakeredis.FakeAsyncRedis(), prefix=prefix, max_size=3, owns_client=True
+        )
+    else:
+        await require_real_redis()
+        adapter = RedisCacheAdapter.from_url(REDIS_URL, prefix=prefix, max_size=3)
+    yield adapter
+    await adapter.clear()
+    await adapter.client.delete(adapter._lru)
+    await adapter.close()
+
+
+async def test_redis_adapter_round_trip_ttl_and_delete(redis_cache: Any) -> None:
+    await redis_cache.set("k", {"rows": [1, 2], "ok": True}, ttl=60)
+    assert await redis_cache.get("k") == (True, {"rows": [1, 2], "ok": True})
+    ttl_ms = await redis_cache.client.pttl(redis_cache._values + "k")
+    assert 0 < ttl_ms <= 60_000
+    await redis_cache.set("forever", "v")
+    assert await redis_cache.client.pttl(redis_cache._values + "forever") == -1
+    assert await redis_cache.get("missing") == (False, None)
+    assert await redis_cache.delete("k") is True
+    assert await redis_cache.delete("k") is False
+    with pytest.raises(PayloadError, match="cached value"):
+        await redis_cache.set("bad", {1, 2})
+    assert await redis_cache.get("bad") == (False, None)
+
+
+async def test_redis_adapter_evicts_the_least_recently_used(redis_cache: Any) -> None:
+    for key in ("a", "b", "c"):
+        await redis_cache.set(key, key)
+    assert (await redis_cache.get("a"))[0]  # a used again: b is now the oldest
+    await redis_cache.set("d", "d")
+    found = {key: (await redis_cache.get(key))[0] for key in "abcd"}
+    assert found == {"a": True, "b": False, "c": True, "d": True}
+    await redis_cache.clear()
+    assert [(await redis_cache.get(key))[0] for key in "abcd"] == [False] * 4
+
+
+# ---------------------------------------------------------------- the worker's cache
+
+
+async def test_cached_result_completes_a_new_task_at_once(worker_factory: WorkerFactory) -> None:
+    worker = await worker_factory(max_workers=2, cache_enabled=True)
+    await worker.start()
+    calls: list[int] = []
+
+    @task("square")
+    async def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    first = await worker.add_task(square, 3)
+    assert await result_of(worker, first) == 9
+    second = await worker.add_task(square, 3, metadata={"again": True})
+    info = worker.get_task_info(second)  # no await needed: it is complete already
+    assert second != first
+    assert info.status == "completed"
+    assert info.result == 9
+    assert info.metadata == {"again": True}
+    assert await result_of(worker, second) == 9
+    assert (await worker.broker.get_task(second)).status is CoreStatus.COMPLETED
+    other = await worker.add_task(square, 4)
+    assert await result_of(worker, other) == 16
+    assert calls == [3, 4]
+
+
+async def test_use_cache_and_cache_ttl_override_the_worker_in_both_directions(
+    worker_factory: WorkerFactory,
+) -> None:
+    clock = Clock()
+    calls: list[str] = []
+
+    @task("tag")
+    async def tag(label: str) -> str:
+        calls.append(label)
+        return label.upper()
+
+    on = await worker_factory(max_workers=1, cache_enabled=True, cache_ttl=100)
+    on.cache = MemoryCacheAdapter(clock=clock)
+    await on.start()
+    assert await result_of(on, await on.add_task(tag, "a")) == "A"
+    assert await result_of(on, await on.add_task(tag, "a", use_cache=False)) == "A"
+    assert calls == ["a", "a"]  # bypassed although caching is on
+    assert await result_of(on, await on.add_task(tag, "a")) == "A"
+    assert calls == ["a", "a"]  # served from the cache
+    assert await result_of(on, await on.add_task(tag, "b", cache_ttl=5)) == "B"
+    clock.now += 5
+    assert await result_of(on, await on.add_task(tag, "b")) == "B"
+    assert calls == ["a", "a", "b", "b"]  # the short per-task TTL ran out
+    clock.now += 100
+    assert await result_of(on, await on.add_task(tag, "a")) == "A"
+    assert calls == ["a", "a", "b", "b", "a"]  # the worker's TTL ran out
+
+    off = await worker_factory(max_workers=1)  # caching off by default
+    await off.start()
+    calls.clear()
+    assert await result_of(off, await off.add_task(tag, "c")) == "C"
+    assert await result_of(off, await off.add_task(tag, "c")) == "C"
+    assert calls == ["c", "c"]
+    assert await result_of(off, await off.add_task(tag, "c", use_cache=True)) == "C"
+    assert await result_of(off, await off.add_task(tag, "c", use_cache=True)) == "C"
+    assert calls == ["c", "c", "c"]
+
+
+async def test_invalidate_and_clear(worker_factory: WorkerFactory) -> None:
+    worker = await worker_factory(max_workers=1, cache_enabled=True)
+    await worker.start()
+    calls: list[int] = []
+
+    @task("inc")
+    async def inc(x: int, step: int = 1) -> int:
+        calls.append(x)
+        return x + step
+
+    assert await result_of(worker, await worker.add_task(inc, 1, step=2)) == 3
+    assert await worker.invalidate_cache(inc, 1, step=1) is False  # another call
+    assert await worker.invalidate_cache(inc, 1, step=2) is True
+    assert await worker.invalidate_cache("inc", 1, step=2) is False
+    assert await result_of(worker, await worker.add_task(inc, 1, step=2)) == 3
+    assert calls == [1, 1]
+    await worker.clear_cache()
+    assert await result_of(worker, await worker.add_task(inc, 1, step=2)) == 3
+    assert calls == [1, 1, 1]
+
+
+class BrokenCache(CacheAdapter):
+    """A cache whose every call fails."""
+
+    async def get(self, key: str) -> tuple[bool, Any]:
+        raise ConnectionError("cache down")
+
+    async def set(self, key: str, value: Any, ttl: int | None = None) -> None:
+        raise ConnectionError("cache down")
+
+    async def delete(self, key: str) -> bool:
+        raise ConnectionError("cache down")
+
+    async def clear(self) -> None:
+        raise ConnectionError("cache down")
+
+
+async def test_a_failing_cache_never_fails_a_task(
+    worker_factory: WorkerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = await worker_factory(max_workers=1, cache_enabled=True, cache_adapter=BrokenCache())
+    await worker.start()
+
+    @task("fine")
+    async def fine() -> str:
+        return "fine"
+
+    assert await result_of(worker, await worker.add_task(fine)) == "fine"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("cache lookup failed" in m for m in warnings)
+    assert any("storing a result in the cache failed" in m for m in warnings)
+
+
+async def test_redis_adapter_shares_results_between_workers(
+    broker_kind: str, worker_factory: WorkerFactory, redis_cache: Any
+) -> None:
+    calls: list[int] = []
+
+    @task("shared")
+    async def shared(x: int) -> list[int]:
+        calls.append(x)
+        return [x, x]
+
+    one = await worker_factory(max_workers=1, cache_enabled=True, cache_adapter=redis_cache)
+    two = await worker_factory(max_workers=1, cache_enabled=True, cache_adapter=redis_cache)
+    await one.start()
+    await two.start()
+    assert await result_of(one, await one.add_task(shared, 5)) == [5, 5]
+    assert await result_of(two, await two.add_task(shared, 5)) == [5, 5]
+    assert calls == [5]
+
+
+# ---------------------------------------------------------------- single flight
+
+
+async def test_identical_tasks_in_flight_run_once(worker_factory: WorkerFactory) -> None:
+    worker = await worker_factory(max_workers=4, cache_enabled=True)
+    await worker.start()
+    gate = asyncio.Event()
+    calls: list[int] = []
+
+    @task("expensive")
+    async def expensive(x: int, progress_callback: Any = None) -> dict[str, int]:
+        calls.append(x)
+        progress_callback(0.4)
+        await gate.wait()
+        return {"value": x * 10}
+
+    leader = await worker.add_task(expensive, 7)
+    await wait_until(lambda: worker.get_task_info(leader).progress == 0.4, "leader runs")
+    followers = [
+        await worker.add_task(expensive, 7, metadata={"n": 1}),
+        await worker.add_task(expensive, 7, task_id="my-follower"),
+    ]
+    assert followers[1] == "my-follower"
+    for follower in followers:
+        info = worker.get_task_info(follower)
+        assert (info.status, info.progress) == ("running", 0.4)  # shows the leader's run
+        fetched = await worker.fetch_task_info(follower)
+        assert fetched.status == "running"
+    assert worker.get_task_info(followers[0]).metadata == {"n": 1}
+    gate.set()
+    results = await asyncio.wait_for(
+        asyncio.gather(*worker.get_task_futures([leader, *followers])), TIMEOUT
+    )
+    assert results == [{"value": 70}] * 3
+    assert calls == [7]
+    for task_id in [leader, *followers]:
+        await wait_until(lambda i=task_id: worker.get_task_info(i).status == "completed", "done")
+        assert (await worker.broker.get_task(task_id)).result == {"value": 70}
+
+
+async def test_followers_share_the_leaders_failure(worker_factory: WorkerFactory) -> None:
+    worker = await worker_factory(max_workers=2)
+    await worker.start()
+    gate = asyncio.Event()
+
+    @task("flaky")
+    async def flaky() -> None:
+        await gate.wait()
+        raise LookupError("no such row")
+
+    leader = await worker.add_task(flaky, use_cache=True)
+    follower = await worker.add_task(flaky, use_cache=True)
+    gate.set()
+    with pytest.raises(LookupError, match="no such row"):
+        await result_of(worker, leader)
+    with pytest.raises(LookupError, match="no such row"):
+        await result_of(worker, follower)
+    stored = await worker.broker.get_task(follower)
+    assert stored.status is CoreStatus.FAILED
+    assert stored.error.message == "no such row"
+
+
+async def test_when_the_leader_is_cancelled_a_follower_takes_over(
+    worker_factory: WorkerFactory,
+) -> None:
+    worker = await worker_factory(max_workers=2, cache_enabled=True)
+    await worker.start()
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    @task("report")
+    async def report(name: str) -> str:
+        calls.append(name)
+        await release.wait()
+        return f"report {name}"
+
+    leader = await worker.add_task(report, "q1")
+    await wait_until(lambda: calls == ["q1"], "leader runs")
+    first = await worker.add_task(report, "q1")
+    second = await worker.add_task(report, "q1")
+    cancelled_follower = await worker.add_task(report, "q1")
+    assert await worker.cancel_task(cancelled_follower) is True
+    assert await worker.cancel_task(leader) is True
+    await wait_until(lambda: calls == ["q1", "q1"], "a follower runs on its own")
+    release.set()
+    assert await result_of(worker, first) == "report q1"
+    assert await result_of(worker, second) == "report q1"
+    assert calls == ["q1", "q1"]
+    with pytest.raises(asyncio.CancelledError):
+        await result_of(worker, leader)
+    with pytest.raises(asyncio.CancelledError):
+        await result_of(worker, cancelled_follower)
+
+
+async def test_a_failed_task_in_another_process_raises_task_failed_error(
+    worker: AsyncTaskWorker,
+) -> None:
+    """Without the exception object at hand, the future raises TaskFailedError."""
+
+    @task("boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    task_id = await worker.add_task(boom)
+    with pytest.raises(RuntimeError):
+        await result_of(worker, task_id)
+    # A second worker on the same broker did not run it: it only has the broker's record.
+    other = AsyncTaskWorker(max_workers=0, broker=worker.broker)
+    with pytest.raises(TaskFailedError, match="RuntimeError: boom"):
+        await result_of(other, task_id)
+    assert other.get_task_info(task_id).error == "boom"
+    await other.stop()

@@ -1,0 +1,432 @@
+"""AsyncTaskWorker on every broker kind: running, tracking, progress, cancel, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from task_queue import TaskNotFoundError
+from task_queue.compat import AsyncTaskWorker, TaskStatus, register_task, task
+from task_queue.models import TaskStatus as CoreStatus
+from tests.compat.conftest import TIMEOUT, WorkerFactory, wait_until
+from tests.conftest import BrokerFactory, unique_prefix
+
+
+async def result_of(worker: AsyncTaskWorker, task_id: str) -> Any:
+    return await asyncio.wait_for(worker.get_task_future(task_id), TIMEOUT)
+
+
+async def test_task_runs_and_its_info_follows_it(worker: AsyncTaskWorker) -> None:
+    @task("add")
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    task_id = await worker.add_task(add, 2, b=3, metadata={"who": "test"})
+    pending = worker.get_task_info(task_id)
+    assert pending is not None
+    assert pending.status in ("pending", "running")
+    assert await result_of(worker, task_id) == 5
+
+    await wait_until(lambda: worker.get_task_info(task_id).status == "completed", "completed")
+    info = worker.get_task_info(task_id)
+    assert info.status is TaskStatus.COMPLETED
+    assert info.result == 5
+    assert info.error is None
+    assert info.progress == 1.0
+    assert info.metadata == {"who": "test"}
+    assert info.task_type == "add"
+    assert info.created_at <= info.started_at <= info.completed_at
+    stored = await worker.broker.get_task(task_id)
+    assert stored.name == "add"
+    assert stored.payload == {"args": [2], "kwargs": {"b": 3}}
+    assert stored.max_retries == 0
+
+
+async def test_status_values_are_the_seed_strings() -> None:
+    assert [s.value for s in TaskStatus] == [
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+    ]
+    assert TaskStatus.RUNNING == "running"
+    assert TaskStatus("failed") is TaskStatus.FAILED
+    assert TaskStatus.from_core(CoreStatus.PROCESSING) is TaskStatus.RUNNING
+
+
+async def test_intermediate_progress_is_visible_while_the_task_runs(
+    worker: AsyncTaskWorker,
+) -> None:
+    gate = asyncio.Event()
+
+    @task("halfway")
+    async def halfway(progress_callback: Any = None) -> str:
+        progress_callback(0.25)
+        progress_callback(0.5)
+        await gate.wait()
+        return "done"
+
+    task_id = await worker.add_task(halfway)
+    # This process runs it: the local view shows the latest value at once...
+    await wait_until(lambda: worker.get_task_info(task_id).progress == 0.5, "local progress")
+    assert worker.get_task_info(task_id).status == "running"
+    # ...and the broker gets it for every other reader.
+    await wait_until(
+        lambda: _progress_in_broker(worker, task_id, 0.5), "progress stored in the broker"
+    )
+    gate.set()
+    assert await result_of(worker, task_id) == "done"
+    await wait_until(lambda: worker.get_task_info(task_id).status == "completed", "completed")
+    assert worker.get_task_info(task_id).progress == 1.0
+
+
+async def _progress_in_broker(worker: AsyncTaskWorker, task_id: str, value: float) -> bool:
+    info = await worker.fetch_task_info(task_id)
+    return info is not None and info.progress == value and info.status == "running"
+
+
+async def test_bad_progress_values_fail_the_task(worker: AsyncTaskWorker) -> None:
+    @task("overshoot")
+    async def overshoot(progress_callback: Any = None) -> None:
+        progress_callback(1.5)
+
+    task_id = await worker.add_task(overshoot)
+    with pytest.raises(ValueError, match="between 0.0 and 1.0"):
+        await result_of(worker, task_id)
+
+
+async def test_failure_keeps_the_message_and_the_future_raises_the_exception(
+    worker: AsyncTaskWorker,
+) -> None:
+    raised: list[BaseException] = []
+
+    @task("might_fail")
+    async def might_fail(value: int) -> int:
+        if value < 0:
+            error = ValueError("Value cannot be negative")
+            raised.append(error)
+            raise error
+        return value * 2
+
+    task_id = await worker.add_task(might_fail, -5)
+    with pytest.raises(ValueError, match="Value cannot be negative") as caught:
+        await result_of(worker, task_id)
+    assert caught.value is raised[0]
+    await wait_until(lambda: worker.get_task_info(task_id).status == "failed", "failed")
+    info = worker.get_task_info(task_id)
+    assert info.status == TaskStatus.FAILED
+    assert info.error == "Value cannot be negative"
+    assert info.result is None
+    stored = await worker.broker.get_task(task_id)
+    assert stored.attempts == 1  # no retries, as in async-task-worker
+
+
+async def test_task_timeout_and_per_task_timeout(worker_factory: WorkerFactory) -> None:
+    worker = await worker_factory(max_workers=2, task_timeout=0.1)
+    await worker.start()
+
+    @task("sleepy")
+    async def sleepy() -> None:
+        await asyncio.Event().wait()
+
+    by_default = await worker.add_task(sleepy)
+    with pytest.raises(TimeoutError, match=r"timeout of 0\.1s"):
+        await result_of(worker, by_default)
+    own = await worker.add_task(sleepy, timeout=0.05)
+    with pytest.raises(TimeoutError, match=r"timeout of 0\.05s"):
+        await result_of(worker, own)
+    assert (await worker.broker.get_task(own)).timeout == 0.05
+    await wait_until(lambda: worker.get_task_info(own).status == "failed", "failed")
+    assert "timeout" in worker.get_task_info(own).error
+
+
+async def test_lower_priority_number_runs_first(worker_factory: WorkerFactory) -> None:
+    worker = await worker_factory(max_workers=1)
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    @task("blocker")
+    async def blocker() -> None:
+        await gate.wait()
+
+    @task("record")
+    async def record(label: str) -> None:
+        order.append(label)
+
+    await worker.start()
+    first = await worker.add_task(blocker)
+    await wait_until(lambda: worker.get_task_info(first).status == "running", "blocker runs")
+    ids = [
+        await worker.add_task(record, label, priority=priority)
+        for label, priority in (("low", 5), ("high", 1), ("mid", 3))
+    ]
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*worker.get_task_futures(ids)), TIMEOUT)
+    assert order == ["high", "mid", "low"]
+
+
+async def test_cancel_running_pending_finished_and_unknown(
+    worker_factory: WorkerFactory,
+) -> None:
+    worker = await worker_factory(max_workers=1)
+    started = asyncio.Event()
+    stopped: list[str] = []
+
+    @task("forever")
+    async def forever(label: str) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopped.append(label)
+            raise
+
+    @task("quick")
+    async def quick() -> str:
+        return "ok"
+
+    await worker.start()
+    running = await worker.add_task(forever, "running")
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    pending = await worker.add_task(forever, "pending")
+    running_future = worker.get_task_future(running)
+
+    assert await worker.cancel_task(pending) is True
+    assert worker.get_task_info(pending).status == "cancelled"
+    assert await worker.cancel_task(running) is True
+    assert worker.get_task_info(running).status == "cancelled"
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running_future, TIMEOUT)
+    assert stopped == ["running"]
+    assert (await worker.broker.get_task(running)).status is CoreStatus.CANCELLED
+    assert (await worker.broker.get_task(pending)).status is CoreStatus.CANCELLED
+
+    done = await worker.add_task(quick)
+    assert await result_of(worker, done) == "ok"
+    assert await worker.cancel_task(done) is False
+    assert await worker.cancel_task("no-such-task") is False
+    assert worker.get_task_info(done).status == "completed"
+
+
+async def test_get_all_tasks_filters_sorts_newest_first_then_limits(
+    worker: AsyncTaskWorker,
+) -> None:
+    @task("echo")
+    async def echo(value: int) -> int:
+        if value == 2:
+            raise RuntimeError("two")
+        return value
+
+    ids = []
+    for value in range(5):
+        ids.append(await worker.add_task(echo, value))
+        await wait_until(lambda: worker.get_task_info(ids[-1]).status.is_final, "final")
+
+    everything = worker.get_all_tasks()
+    assert [i.id for i in everything] == ids[::-1]
+    completed = worker.get_all_tasks(status=TaskStatus.COMPLETED, limit=2)
+    assert [i.id for i in completed] == [ids[4], ids[3]]
+    assert [i.id for i in worker.get_all_tasks(status="failed")] == [ids[2]]
+    assert worker.get_all_tasks(limit=0) == []
+    assert worker.get_all_tasks(older_than=timedelta(hours=1)) == []
+    assert len(worker.get_all_tasks(older_than=timedelta(0))) == 5
+    with pytest.raises(ValueError, match="limit"):
+        worker.get_all_tasks(limit=-1)
+    with pytest.raises(ValueError, match="'bogus'"):
+        worker.get_all_tasks(status="bogus")
+
+
+async def test_custom_task_id_is_idempotent(worker: AsyncTaskWorker) -> None:
+    @task("one")
+    async def one() -> int:
+        return 1
+
+    first = await worker.add_task(one, task_id="custom-id")
+    second = await worker.add_task(one, task_id="custom-id")
+    assert first == second == "custom-id"
+    assert await result_of(worker, "custom-id") == 1
+    assert len(worker.get_all_tasks()) == 1
+    assert sum((await worker.broker.count_tasks()).values()) == 1
+
+
+async def test_bad_calls_are_refused_and_add_nothing(worker: AsyncTaskWorker) -> None:
+    def not_async(x: int) -> int:
+        return x
+
+    @task("takes_one")
+    async def takes_one(x: int, progress_callback: Any = None) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="async function"):
+        await worker.add_task(not_async, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"args\[0\].*not JSON serializable"):
+        await worker.add_task(takes_one, object())
+    with pytest.raises(TypeError, match="arguments do not match task 'takes_one'"):
+        await worker.add_task(takes_one, 1, 2)
+    with pytest.raises(TypeError, match="missing a required argument"):
+        await worker.add_task(takes_one)
+    with pytest.raises(TypeError, match="progress_callback is supplied by the worker"):
+        await worker.add_task(takes_one, 1, progress_callback=print)
+    with pytest.raises(TypeError, match="priority must be an int"):
+        await worker.add_task(takes_one, 1, priority="high")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="metadata"):
+        await worker.add_task(takes_one, 1, metadata={"x": object()})
+    with pytest.raises(ValueError, match="cache_ttl"):
+        await worker.add_task(takes_one, 1, cache_ttl=-5)
+    with pytest.raises(ValueError, match="unknown task name 'nope'"):
+        await worker.submit("nope")
+    assert worker.get_all_tasks() == []
+    assert sum((await worker.broker.count_tasks()).values()) == 0
+
+
+async def test_registry_rejects_plain_functions() -> None:
+    def plain() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="not an async function"):
+        register_task("plain", plain)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="non-empty str"):
+        task("")
+
+
+async def test_unregistered_function_runs_in_this_process(worker: AsyncTaskWorker) -> None:
+    async def local_only(x: int) -> int:
+        return x * 3
+
+    task_id = await worker.add_task(local_only, 4)
+    assert await result_of(worker, task_id) == 12
+    assert worker.get_task_info(task_id).task_type.endswith("local_only")
+
+
+async def test_function_registered_after_start_runs(worker: AsyncTaskWorker) -> None:
+    async def late(x: int) -> int:
+        return -x
+
+    register_task("late", late)
+    task_id = await worker.submit("late", [7])
+    assert await result_of(worker, task_id) == -7
+    assert "late" in worker.task_types()
+
+
+async def test_futures_of_unknown_ids_and_of_many_tasks(worker: AsyncTaskWorker) -> None:
+    @task("maybe")
+    async def maybe(ok: bool) -> str:
+        if not ok:
+            raise KeyError("nope")
+        return "yes"
+
+    with pytest.raises(TaskNotFoundError):
+        await asyncio.wait_for(worker.get_task_future("no-such-task"), TIMEOUT)
+    good = await worker.add_task(maybe, True)
+    bad = await worker.add_task(maybe, False)
+    results = await asyncio.wait_for(
+        asyncio.gather(*worker.get_task_futures([good, bad]), return_exceptions=True), TIMEOUT
+    )
+    assert results[0] == "yes"
+    assert isinstance(results[1], KeyError)
+    # A future asked for after the end settles at once, the same way.
+    assert await result_of(worker, good) == "yes"
+
+
+async def test_context_manager_starts_and_stops(worker_factory: WorkerFactory) -> None:
+    @task("ping")
+    async def ping() -> str:
+        return "pong"
+
+    async with await worker_factory(max_workers=2) as worker:
+        assert worker.running
+        task_id = await worker.add_task(ping)
+        assert await result_of(worker, task_id) == "pong"
+    assert not worker.running
+    await worker.stop()  # stopping twice is harmless
+
+
+async def test_stop_hands_running_tasks_back_and_start_runs_them(
+    worker_factory: WorkerFactory,
+) -> None:
+    worker = await worker_factory(max_workers=1)
+    runs: list[int] = []
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @task("resumable")
+    async def resumable() -> int:
+        runs.append(1)
+        started.set()
+        await release.wait()
+        return len(runs)
+
+    await worker.start()
+    task_id = await worker.add_task(resumable)
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    await worker.stop(timeout=0)
+    stored = await worker.broker.get_task(task_id)
+    assert stored.status is CoreStatus.PENDING
+    assert stored.attempts == 0  # handed back without spending its one attempt
+    release.set()
+    await worker.start()
+    assert await result_of(worker, task_id) == 2
+
+
+async def test_tasks_run_by_another_worker_on_the_same_broker(
+    broker_kind: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory
+) -> None:
+    """A producer-only worker adds; a worker with slots finds the function by name."""
+    options: dict[str, Any] = {}
+    if broker_kind != "memory":
+        options["prefix"] = unique_prefix()
+    if broker_kind == "redis-fake":
+        import fakeredis
+
+        options["fake_server"] = fakeredis.FakeServer()
+    producer_broker = await broker_factory(**options)
+    consumer_broker = (
+        producer_broker if broker_kind == "memory" else await broker_factory(**options)
+    )
+    gate = asyncio.Event()
+
+    @task("remote_step")
+    async def remote_step(n: int, progress_callback: Any = None) -> int:
+        progress_callback(0.75)
+        await gate.wait()
+        return n + 1
+
+    producer = await worker_factory(
+        max_workers=0, broker=producer_broker, worker_poll_interval=0.02
+    )
+    consumer = await worker_factory(max_workers=2, broker=consumer_broker)
+    await producer.start()
+    await consumer.start()
+    task_id = await producer.add_task(remote_step, 41)
+    # The producer runs nothing itself; its view learns of the run by refreshing.
+    await wait_until(
+        lambda: (
+            (info := producer.get_task_info(task_id)).status == "running" and info.progress == 0.75
+        ),
+        "the producer sees the remote run",
+    )
+    assert consumer.get_task_info(task_id) is None  # not the consumer's own task
+    gate.set()
+    assert await result_of(producer, task_id) == 42
+    assert producer.get_task_info(task_id).status == "completed"
+
+
+async def test_worker_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_workers"):
+        AsyncTaskWorker(max_workers=-1)
+    with pytest.raises(TypeError, match="max_workers"):
+        AsyncTaskWorker(max_workers=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="worker_poll_interval"):
+        AsyncTaskWorker(worker_poll_interval=0)
+    with pytest.raises(ValueError, match="task_timeout"):
+        AsyncTaskWorker(task_timeout=0)
+    with pytest.raises(ValueError, match="cache_ttl"):
+        AsyncTaskWorker(cache_ttl=0)
+    with pytest.raises(ValueError, match="max_size"):
+        AsyncTaskWorker(cache_max_size=0)
+    with pytest.raises(TypeError, match="CacheAdapter"):
+        AsyncTaskWorker(cache_adapter={})  # type: ignore[arg-type]
