@@ -234,7 +234,7 @@ async def service_app(
 async def test_service_router_add_read_list_cancel(
     service_app: tuple[TaskQueueService, Any, asyncio.Event],
 ) -> None:
-    service, client, gate = service_app
+    _, client, gate = service_app
     response = await client.post(
         "/queue/tasks",
         json={"name": "send_email", "payload": {"to": "a@b.c"}, "priority": 2},

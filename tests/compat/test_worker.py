@@ -95,7 +95,7 @@ async def test_bad_progress_values_fail_the_task(worker: AsyncTaskWorker) -> Non
         progress_callback(1.5)
 
     task_id = await worker.add_task(overshoot)
-    with pytest.raises(ValueError, match="between 0.0 and 1.0"):
+    with pytest.raises(ValueError, match=r"between 0\.0 and 1\.0"):
         await result_of(worker, task_id)
 
 
