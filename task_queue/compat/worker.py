@@ -582,7 +582,11 @@ class AsyncTaskWorker:
     # ----------------------------------------------------------------- control
 
     async def cancel_task(self, task_id: str) -> bool:
-        """Cancel a pending or running task; False when it is unknown or already final."""
+        """Cancel a pending or running task; False when it is unknown or already final
+        (or already being cancelled)."""
+        known = self._tracker.view(task_id)
+        if known is not None and known.status.is_final:
+            return False
         try:
             accepted = await self.service.cancel(task_id)
         except TaskNotFoundError:
