@@ -29,6 +29,7 @@ __all__ = ["TaskTracker"]
 logger = logging.getLogger(__name__)
 
 _REFRESH_LIMIT = 1000
+_PRUNE_EVERY = 1024
 _RETRY_CAP = 5.0
 
 
@@ -74,6 +75,7 @@ class TaskTracker:
         self._records: dict[str, _Record] = {}
         self._watching = True
         self._finishing: set[asyncio.Future[None]] = set()
+        self._added = 0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -89,6 +91,9 @@ class TaskTracker:
         if record is None:
             record = _Record(TaskInfo.from_task(task), follows)
             self._records[task.id] = record
+            self._added += 1
+            if self._added % _PRUNE_EVERY == 0:
+                self._prune()  # also when no refresh loop runs (a worker never started)
         self._watch(task.id, record)
         return record.info
 

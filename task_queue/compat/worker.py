@@ -312,7 +312,7 @@ class AsyncTaskWorker:
         reporter: ProgressReporter | None = None
         try:
             if call.cache_key is not None:
-                hit, value = await self._cache_get(call.cache_key)
+                hit, value = await self._cache_get(call.cache_key, task.name)
                 if hit:
                     logger.info(
                         "task %s [%s]: result found in the cache",
@@ -330,7 +330,7 @@ class AsyncTaskWorker:
             if reporter is not None:
                 await reporter.flush()
             if call.cache_key is not None:
-                await self._cache_set(call.cache_key, value, call.cache_ttl)
+                await self._cache_set(call.cache_key, value, call.cache_ttl, task)
         except Exception as exc:
             tracker.left(task.id, exc)
             if reporter is not None:
@@ -454,7 +454,7 @@ class AsyncTaskWorker:
             return stored.id
         key = make_cache_key(task_type, payload["args"], payload["kwargs"])
         payload["cache"] = {"key": key, "ttl": ttl}
-        hit, value = await self._cache_get(key)
+        hit, value = await self._cache_get(key, task_type)
         if hit:
             try:
                 value = normalize(value, "cached result")
@@ -608,18 +608,24 @@ class AsyncTaskWorker:
 
     # ----------------------------------------------------------------- internals
 
-    async def _cache_get(self, key: str) -> tuple[bool, Any]:
+    async def _cache_get(self, key: str, task_type: str) -> tuple[bool, Any]:
         try:
             return await self.cache.get(key)
         except Exception as exc:
-            logger.warning("cache lookup failed (%r); running the task", exc)
+            logger.warning("[%s] cache lookup failed (%r); running the task", task_type, exc)
             return False, None
 
-    async def _cache_set(self, key: str, value: Any, ttl: float | None) -> None:
+    async def _cache_set(self, key: str, value: Any, ttl: float | None, task: Task) -> None:
         try:
             await self.cache.set(key, value, None if ttl is None else _whole_seconds(ttl))
         except Exception as exc:
-            logger.warning("storing a result in the cache failed (%r)", exc)
+            logger.warning(
+                "task %s [%s]: storing its result in the cache failed (%r)",
+                task.id,
+                task.name,
+                exc,
+                extra=_log_extra(task),
+            )
 
     async def _on_final(self, task: Task) -> None:
         key = _cache_key_of(task)
@@ -634,7 +640,9 @@ class AsyncTaskWorker:
         ):
             # Run in another process: keep the result here too.
             ttl = task.payload["cache"].get("ttl")
-            await self._cache_set(key, task.result, ttl if isinstance(ttl, int | float) else None)
+            await self._cache_set(
+                key, task.result, ttl if isinstance(ttl, int | float) else None, task
+            )
         await self._flights.ended(task, key)
 
 

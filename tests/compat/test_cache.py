@@ -257,7 +257,7 @@ async def test_a_failing_cache_never_fails_a_task(
     assert await result_of(worker, await worker.add_task(fine)) == "fine"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("cache lookup failed" in m for m in warnings)
-    assert any("storing a result in the cache failed" in m for m in warnings)
+    assert any("storing its result in the cache failed" in m for m in warnings)
 
 
 async def test_redis_adapter_shares_results_between_workers(

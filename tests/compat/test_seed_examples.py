@@ -435,7 +435,7 @@ async def test_custom_cache_adapter(
     finally:
         await worker.stop()
     assert calls == [2, 2]
-    assert any("storing a result in the cache failed" in r.getMessage() for r in caplog.records)
+    assert any("storing its result in the cache failed" in r.getMessage() for r in caplog.records)
 
     # Filled in, as its comments say, the same adapter caches.
     class JsonRedisCache(example["RedisCache"]):  # type: ignore[misc]

@@ -430,3 +430,38 @@ async def test_worker_options_are_checked() -> None:
         AsyncTaskWorker(cache_max_size=0)
     with pytest.raises(TypeError, match="CacheAdapter"):
         AsyncTaskWorker(cache_adapter={})  # type: ignore[arg-type]
+
+
+async def test_final_tasks_leave_the_local_view_after_the_brokers_retention(
+    worker_factory: WorkerFactory,
+) -> None:
+    worker = await worker_factory(max_workers=1, worker_poll_interval=0.01)
+    assert worker._tracker.retention == worker.broker.result_ttl  # type: ignore[attr-defined]
+    worker._tracker.retention = 0.0
+    await worker.start()
+
+    @task("brief")
+    async def brief() -> str:
+        return "x"
+
+    task_id = await worker.add_task(brief)
+    assert await result_of(worker, task_id) == "x"
+    await wait_until(lambda: worker.get_task_info(task_id) is None, "forgotten")
+    assert (await worker.fetch_task_info(task_id)).result == "x"  # the broker still has it
+
+
+async def test_task_info_as_json(worker: AsyncTaskWorker) -> None:
+    @task("jsonable")
+    async def jsonable() -> dict[str, int]:
+        return {"a": 1}
+
+    task_id = await worker.add_task(jsonable, metadata={"m": True})
+    await result_of(worker, task_id)
+    await wait_until(lambda: worker.get_task_info(task_id).status == "completed", "completed")
+    data = worker.get_task_info(task_id).to_dict()
+    assert data["status"] == "completed"
+    assert data["result"] == {"a": 1}
+    assert data["metadata"] == {"m": True}
+    assert data["task_type"] == "jsonable"
+    assert data["created_at"].endswith("+00:00")
+    assert data["completed_at"] >= data["started_at"] >= data["created_at"]
