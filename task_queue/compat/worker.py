@@ -307,41 +307,50 @@ class AsyncTaskWorker:
         if func is None:
             raise UnknownTaskError(task_type, self.task_types())
         call = _Call(task)
-        tracker = self._tracker
-        tracker.started(task)
-        reporter: ProgressReporter | None = None
+        self._tracker.started(task)
         try:
-            if call.cache_key is not None:
-                hit, value = await self._cache_get(call.cache_key, task.name)
-                if hit:
-                    logger.info(
-                        "task %s [%s]: result found in the cache",
-                        task.id,
-                        task.name,
-                        extra=_log_extra(task),
-                    )
-                    return value
-            kwargs = dict(call.kwargs)
-            if _accepts_progress(func):
-                reporter = ProgressReporter(task, lambda p: tracker.progress(task.id, p))
-                kwargs["progress_callback"] = reporter
-            result = await func(*call.args, **kwargs)
-            value = normalize(result, "result")
-            if reporter is not None:
-                await reporter.flush()
-            if call.cache_key is not None:
-                await self._cache_set(call.cache_key, value, call.cache_ttl, task)
+            value = await self._call(func, call, task)
         except Exception as exc:
-            tracker.left(task.id, exc)
+            self._tracker.left(task.id, exc)
+            raise
+        except BaseException:
+            self._tracker.left(task.id)
+            raise
+        self._tracker.left(task.id)
+        return value
+
+    async def _call(self, func: TaskFunction, call: _Call, task: Task) -> Any:
+        if call.cache_key is not None:
+            hit, value = await self._cache_get(call.cache_key, task.name)
+            if hit:
+                logger.info(
+                    "task %s [%s]: result found in the cache",
+                    task.id,
+                    task.name,
+                    extra=_log_extra(task),
+                )
+                return value
+        kwargs = dict(call.kwargs)
+        reporter: ProgressReporter | None = None
+        if _accepts_progress(func):
+            tracker = self._tracker
+            reporter = ProgressReporter(task, lambda p: tracker.progress(task.id, p))
+            kwargs["progress_callback"] = reporter
+        try:
+            result = await func(*call.args, **kwargs)
+        except Exception:
             if reporter is not None:
                 await reporter.flush()
             raise
         except BaseException:
-            tracker.left(task.id)
             if reporter is not None:
                 reporter.cancel()
             raise
-        tracker.left(task.id)
+        if reporter is not None:
+            await reporter.flush()
+        value = normalize(result, "result")
+        if call.cache_key is not None:
+            await self._cache_set(call.cache_key, value, call.cache_ttl, task)
         return value
 
     # ----------------------------------------------------------------- adding tasks

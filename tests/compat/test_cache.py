@@ -391,3 +391,31 @@ async def test_a_failed_task_in_another_process_raises_task_failed_error(
         await result_of(other, task_id)
     assert other.get_task_info(task_id).error == "boom"
     await other.stop()
+
+
+async def test_a_result_cached_while_the_task_waited_is_used_when_it_starts(
+    worker_factory: WorkerFactory,
+) -> None:
+    """Another process may store the result meanwhile: the task looks again as it starts."""
+    worker = await worker_factory(max_workers=1, cache_enabled=True)
+    await worker.start()
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    @task("hold")
+    async def hold() -> None:
+        await gate.wait()
+
+    @task("lookup")
+    async def lookup(name: str) -> str:
+        calls.append(name)
+        return f"computed {name}"
+
+    blocker = await worker.add_task(hold, use_cache=False)
+    waiting = await worker.add_task(lookup, "n")
+    assert worker.get_task_info(waiting).status == "pending"
+    await worker.cache.set(make_cache_key("lookup", ["n"], {}), "cached n")
+    gate.set()
+    assert await result_of(worker, waiting) == "cached n"
+    assert calls == []
+    await result_of(worker, blocker)
