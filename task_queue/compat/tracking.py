@@ -73,6 +73,7 @@ class TaskTracker:
         self.retention = retention
         self._on_final = on_final
         self._records: dict[str, _Record] = {}
+        self._adopting: dict[str, _Record] = {}  # asked for by id, not added here
         self._watching = True
         self._finishing: set[asyncio.Future[None]] = set()
         self._added = 0
@@ -189,7 +190,10 @@ class TaskTracker:
         record = self._records.get(task_id)
         if record is None:
             # Not added here: learn about it from the broker, then track it.
-            record = _Record(TaskInfo(task_id, TaskStatus.PENDING, utcnow()), None)
+            record = self._adopting.get(task_id)
+            if record is None:
+                record = _Record(TaskInfo(task_id, TaskStatus.PENDING, utcnow()), None)
+                self._adopting[task_id] = record
             record.futures.append(future)
             self._watch(task_id, record, adopt=True)
             return future
@@ -208,11 +212,14 @@ class TaskTracker:
         for task_id, record in self._records.items():
             if not record.info.status.is_final or record.futures:
                 self._watch(task_id, record)
+        for task_id, record in self._adopting.items():
+            self._watch(task_id, record, adopt=True)
 
     async def stop(self) -> None:
         """Stop every watcher; futures stay pending until `watch_all` runs again."""
         self._watching = False
-        watchers = [r.watcher for r in self._records.values() if r.watcher is not None]
+        records = [*self._records.values(), *self._adopting.values()]
+        watchers = [r.watcher for r in records if r.watcher is not None]
         for watcher in watchers:
             watcher.cancel()
         await asyncio.gather(*watchers, *self._finishing, return_exceptions=True)
@@ -243,8 +250,9 @@ class TaskTracker:
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _RETRY_CAP)
-            if adopt and task_id not in self._records:
-                self._records[task_id] = record
+            if adopt:
+                self._adopting.pop(task_id, None)
+                self._records.setdefault(task_id, record)
             self._finalize(record, task)
         finally:
             record.watcher = None
@@ -290,6 +298,8 @@ class TaskTracker:
     def _forget(self, task_id: str, record: _Record, exc: TaskNotFoundError) -> None:
         if self._records.get(task_id) is record:
             del self._records[task_id]
+        if self._adopting.get(task_id) is record:
+            del self._adopting[task_id]
         futures, record.futures = record.futures, []
         for future in futures:
             if not future.done():
