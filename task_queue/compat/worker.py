@@ -161,7 +161,9 @@ class AsyncTaskWorker:
         self.worker_poll_interval = float(worker_poll_interval)
         self.cache_enabled = bool(cache_enabled)
         self.cache_ttl = check_ttl(cache_ttl, "cache_ttl")
-        self.cache: CacheAdapter = cache_adapter or MemoryCacheAdapter(cache_max_size)
+        self.cache: CacheAdapter = (
+            cache_adapter if cache_adapter is not None else MemoryCacheAdapter(cache_max_size)
+        )
         self.broker: AbstractBroker = broker if broker is not None else _default_broker()
         self.service = TaskQueueService(
             self.broker,

@@ -180,8 +180,11 @@ async def test_use_cache_and_cache_ttl_override_the_worker_in_both_directions(
         calls.append(label)
         return label.upper()
 
-    on = await worker_factory(max_workers=1, cache_enabled=True, cache_ttl=100)
-    on.cache = MemoryCacheAdapter(clock=clock)
+    adapter = MemoryCacheAdapter(clock=clock)  # empty, so falsy: must be used all the same
+    on = await worker_factory(
+        max_workers=1, cache_enabled=True, cache_ttl=100, cache_adapter=adapter
+    )
+    assert on.cache is adapter
     await on.start()
     assert await result_of(on, await on.add_task(tag, "a")) == "A"
     assert await result_of(on, await on.add_task(tag, "a", use_cache=False)) == "A"
