@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import math
 import uuid
@@ -29,6 +28,7 @@ from ..retry import RetryPolicy
 from ..service import TaskExecutor, TaskQueueService
 from . import registry
 from .cache import CacheAdapter, MemoryCacheAdapter, check_ttl, make_cache_key
+from .calls import Call, accepts_progress, cache_key_of, check_call
 from .flights import PARK_SECONDS, Flights
 from .models import TaskInfo, TaskStatus
 from .progress import ProgressReporter
@@ -54,67 +54,6 @@ def set_default_broker(factory: Callable[[], AbstractBroker] | None) -> None:
 
 def _log_extra(task: Task) -> dict[str, Any]:
     return {"task_id": task.id, "task_name": task.name}
-
-
-class _Call:
-    """A compat task's payload, decoded."""
-
-    __slots__ = ("args", "cache_key", "cache_ttl", "kwargs")
-
-    def __init__(self, task: Task) -> None:
-        payload = task.payload
-        args = payload.get("args", [])
-        kwargs = payload.get("kwargs", {})
-        cache = payload.get("cache")
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise ValueError(
-                f"task {task.id} [{task.name}]: the payload is not an AsyncTaskWorker call "
-                '(expected {"args": [...], "kwargs": {...}})'
-            )
-        self.args: list[Any] = args
-        self.kwargs: dict[str, Any] = kwargs
-        self.cache_key: str | None = None
-        self.cache_ttl: float | None = None
-        if isinstance(cache, dict) and isinstance(cache.get("key"), str):
-            self.cache_key = cache["key"]
-            ttl = cache.get("ttl")
-            self.cache_ttl = float(ttl) if isinstance(ttl, int | float) else None
-
-
-def _cache_key_of(task: Task) -> str | None:
-    cache = task.payload.get("cache") if isinstance(task.payload, dict) else None
-    if isinstance(cache, dict) and isinstance(cache.get("key"), str):
-        return str(cache["key"])
-    return None
-
-
-def _accepts_progress(func: TaskFunction) -> bool:
-    try:
-        parameters = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-    parameter = parameters.get("progress_callback")
-    return parameter is not None and parameter.kind not in (
-        inspect.Parameter.VAR_POSITIONAL,
-        inspect.Parameter.VAR_KEYWORD,
-    )
-
-
-def _check_call(
-    task_type: str, func: TaskFunction, args: list[Any], kwargs: dict[str, Any]
-) -> None:
-    """Refuse arguments the function cannot take, before anything is enqueued."""
-    if "progress_callback" in kwargs:
-        raise TypeError("progress_callback is supplied by the worker; do not pass one")
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):
-        return
-    extra = {"progress_callback": None} if _accepts_progress(func) else {}
-    try:
-        signature.bind(*args, **kwargs, **extra)
-    except TypeError as exc:
-        raise TypeError(f"arguments do not match task {task_type!r}{signature}: {exc}") from None
 
 
 class AsyncTaskWorker:
@@ -308,7 +247,7 @@ class AsyncTaskWorker:
         func = self._lookup(task_type)
         if func is None:
             raise UnknownTaskError(task_type, self.task_types())
-        call = _Call(task)
+        call = Call(task)
         self._tracker.started(task)
         try:
             value = await self._call(func, call, task)
@@ -321,7 +260,7 @@ class AsyncTaskWorker:
         self._tracker.left(task.id)
         return value
 
-    async def _call(self, func: TaskFunction, call: _Call, task: Task) -> Any:
+    async def _call(self, func: TaskFunction, call: Call, task: Task) -> Any:
         if call.cache_key is not None:
             hit, value = await self._cache_get(call.cache_key, task.name)
             if hit:
@@ -334,7 +273,7 @@ class AsyncTaskWorker:
                 return value
         kwargs = dict(call.kwargs)
         reporter: ProgressReporter | None = None
-        if _accepts_progress(func):
+        if accepts_progress(func):
             tracker = self._tracker
             reporter = ProgressReporter(task, lambda p: tracker.progress(task.id, p))
             kwargs["progress_callback"] = reporter
@@ -442,7 +381,7 @@ class AsyncTaskWorker:
         use_cache: bool | None,
         cache_ttl: int | None,
     ) -> str:
-        _check_call(task_type, func, args, kwargs)
+        check_call(task_type, func, args, kwargs)
         if use_cache is not None and not isinstance(use_cache, bool):
             raise TypeError(f"use_cache must be True, False or None, got {use_cache!r}")
         cached = self.cache_enabled if use_cache is None else use_cache
@@ -492,7 +431,7 @@ class AsyncTaskWorker:
         except BaseException:
             await self._flights.abandon(flight)
             raise
-        if stored.created_at < before and _cache_key_of(stored) != key:
+        if stored.created_at < before and cache_key_of(stored) != key:
             await self._flights.abandon(flight)  # the id was taken by another call
         self._tracker.track(stored)
         return stored.id
@@ -639,7 +578,7 @@ class AsyncTaskWorker:
             )
 
     async def _on_final(self, task: Task) -> None:
-        key = _cache_key_of(task)
+        key = cache_key_of(task)
         if key is None:
             return
         flight = self._flights.current(key)
