@@ -325,14 +325,28 @@ class TaskTracker:
             task: Task | None = running.get(record.info.id)
             if task is None and record.info.status is TaskStatus.RUNNING:
                 task = await self.broker.get_task(record.info.id)  # handed back, or just ended
-            if task is None or task.is_final or record.info.status.is_final:
-                continue
-            if record.running_here:
-                continue
-            info = record.info
-            info.status = TaskStatus.from_core(task.status)
-            info.started_at = task.started_at
-            info.progress = task.progress
+            if task is not None and not task.is_final:
+                self.observe(task)  # a final state is the watcher's to record
+
+    def observe(self, task: Task) -> None:
+        """Take in a snapshot of a tracked task read from the broker, if it is news.
+
+        The local view is never behind what this worker has read: a task seen final by
+        `fetch_task_info` reads final through `get_task_info` too. Futures are still
+        settled by the watcher.
+        """
+        record = self._records.get(task.id)
+        if record is None or record.info.status.is_final:
+            return
+        if record.running_here and not task.is_final:
+            return  # this process's own executor knows better
+        if task.is_final:
+            record.info = TaskInfo.from_task(task)
+            return
+        info = record.info
+        info.status = TaskStatus.from_core(task.status)
+        info.started_at = task.started_at
+        info.progress = task.progress
 
     def _prune(self) -> None:
         cutoff = time.time() - self.retention

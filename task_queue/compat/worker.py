@@ -507,6 +507,7 @@ class AsyncTaskWorker:
         task = await self.service.get_task(task_id)
         if task is None:
             return None
+        self._tracker.observe(task)
         info = TaskInfo.from_task(task)
         leader_id = self._tracker.follows(task_id)
         if leader_id is None and isinstance(task.payload.get("follows"), str):
