@@ -109,6 +109,9 @@ class AsyncTaskWorker:
             retry_policy=RetryPolicy(max_retries=0),
             default_timeout=task_timeout,
             concurrency=max(1, max_workers),
+            # No task is leased ahead of a free slot: one added later with a lower
+            # priority number still runs first, as in async-task-worker.
+            prefetch=0,
         )
         retention = float(getattr(self.broker, "result_ttl", 3600.0))
         self._tracker = TaskTracker(self.broker, self._on_final, retention)
