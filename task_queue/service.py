@@ -1170,6 +1170,7 @@ class TaskQueueService:
                     future.set_result(False)
             me = asyncio.current_task()
             slots = {slot for slot in self._slot_tasks | self._launched if slot is not me}
+            abandoned: set[asyncio.Task[Any]] = set()
             if slots:
                 _, late = await asyncio.wait(slots, timeout=grace)
                 if late:
@@ -1177,10 +1178,23 @@ class TaskQueueService:
                         if lease.running and lease.slot is not None:
                             lease.releasing = True
                             lease.slot.cancel()
-                    await asyncio.wait(late)
+                    # An executor that swallows every cancellation cannot be stopped:
+                    # after a bounded wait it is left running, keeping its lease (never
+                    # handed back while it runs); the lease expires and the task runs
+                    # again elsewhere.
+                    _, abandoned = await asyncio.wait(late, timeout=max(grace, 1.0))
             for lease in list(self._held.values()):
                 if lease.slot is not None and lease.slot is me:
                     continue  # shutdown() called from an executor: its own task goes on
+                if lease.slot is not None and lease.slot in abandoned:
+                    logger.error(
+                        "task %s [%s] ignored cancellation at shutdown; left running, its "
+                        "lease will expire and it may run again elsewhere",
+                        lease.task.id,
+                        lease.task.name,
+                        extra=_log_extra(lease.task),
+                    )
+                    continue
                 await self._release(lease)
         finally:
             if self._heartbeat is not None:

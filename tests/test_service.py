@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -519,3 +521,29 @@ async def test_shutdown_called_from_an_executor_ends_every_slot(make_service: An
         await asyncio.gather(*workers)
     assert not service.running
     assert await service.get_result(task.id, timeout=5) == "stopped from inside"
+
+
+async def test_shutdown_returns_although_an_executor_swallows_cancellation(
+    make_service: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    started, give_up = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(task: Task) -> str:
+        started.set()
+        while not give_up.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # refuses to stop
+                await asyncio.sleep(0.01)
+        return "finally"
+
+    service = await make_service({"stubborn": stubborn})
+    task = await service.add_task("stubborn")
+    workers = service.start_workers(1)
+    await asyncio.wait_for(started.wait(), 5)
+    with caplog.at_level(logging.ERROR, logger="task_queue.service"):
+        async with asyncio.timeout(10):
+            await service.shutdown(grace=0.1)
+    assert any("ignored cancellation" in r.getMessage() for r in caplog.records)
+    held = await service.get_task(task.id)
+    assert held is not None and held.status is TaskStatus.PROCESSING  # not handed back
+    give_up.set()
+    await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), 5)
