@@ -19,6 +19,7 @@ from .models import Task, TaskError, TaskStatus
 __all__ = [
     "decode_task",
     "dumps",
+    "is_text",
     "encode_task",
     "loads",
     "normalize",
@@ -30,12 +31,30 @@ _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 _decode = json.JSONDecoder().decode
 
 
+def is_text(value: str) -> bool:
+    """True when `value` can be stored as UTF-8: it holds no lone surrogate.
+
+    Python strings may hold them (`os.listdir` gives them for file names that are not
+    UTF-8); JSON text stored as UTF-8 cannot.
+    """
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def dumps(value: Any, where: str = "value") -> str:
     """Encode `value` as compact JSON, or raise `PayloadError` naming the offending field."""
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
+        if not is_text(text):
+            raise ValueError("a string holds a lone surrogate")
     except (TypeError, ValueError, RecursionError) as exc:
         raise _explain(value, where, exc) from None
+    return text
 
 
 def loads(data: str | bytes) -> Any:
@@ -48,7 +67,9 @@ def loads(data: str | bytes) -> Any:
 
 def normalize(value: Any, where: str = "value") -> Any:
     """Return a fresh copy of `value` as it reads back from JSON; `PayloadError` if it can't."""
-    if value is None or type(value) in (str, int, bool):
+    if value is None or type(value) in (int, bool):
+        return value
+    if type(value) is str and is_text(value):
         return value
     return _decode(dumps(value, where))
 
@@ -61,8 +82,14 @@ def _explain(value: Any, path: str, cause: BaseException) -> PayloadError:
     return PayloadError(f"{where} cannot be encoded as JSON: {reason}", where)
 
 
+_SURROGATE = "holds a lone surrogate, which is not valid Unicode text"
+"""Why a string cannot be stored (see `is_text`)."""
+
+
 def _find_bad(value: Any, path: str, seen: set[int]) -> tuple[str, str] | None:
-    if value is None or isinstance(value, str | bool | int):
+    if isinstance(value, str):
+        return None if is_text(value) else (path, f"it {_SURROGATE}")
+    if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else (path, f"{value!r} is not a finite number")
@@ -74,6 +101,8 @@ def _find_bad(value: Any, path: str, seen: set[int]) -> tuple[str, str] | None:
         for key, item in items:
             if isinstance(value, dict) and not isinstance(key, str | int | float | bool | None):
                 return (f"{path}[{key!r}]", f"key of type {type(key).__name__} is not allowed")
+            if isinstance(key, str) and not is_text(key):
+                return (f"{path}[{key!r}]", f"the key {_SURROGATE}")
             found = _find_bad(item, f"{path}[{key!r}]", seen)
             if found is not None:
                 return found

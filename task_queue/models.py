@@ -16,6 +16,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _storable(text: str) -> str:
+    """`text` with any lone surrogate written as a backslash escape (valid UTF-8)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -40,11 +45,21 @@ FINAL_STATES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CA
 
 @dataclass(frozen=True, slots=True)
 class TaskError:
-    """Why a task failed: the exception type, its message and the formatted traceback."""
+    """Why a task failed: the exception type, its message and the formatted traceback.
+
+    Lone surrogates in the texts (an exception naming a file whose name is not UTF-8)
+    are kept as `\\udcxx` escapes, so that every broker can store the error.
+    """
 
     type: str
     message: str
     traceback: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("type", "message", "traceback"):
+            text = getattr(self, name)
+            if isinstance(text, str) and not text.isascii():
+                object.__setattr__(self, name, _storable(text))
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type
