@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
 from .broker.base import AbstractBroker, TaskNote
-from .codec import normalize
+from .codec import is_text, normalize
 from .context import apply_context, current_task, report_progress, running
 from .errors import (
     PayloadError,
@@ -131,6 +131,14 @@ async def _finished(future: asyncio.Future[Any]) -> None:
         except asyncio.CancelledError:
             if me is not None:
                 me.uncancel()
+
+
+def _finite(number: float) -> bool:
+    """math.isfinite, also for an int too large for a float (not finite then)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _log_extra(task: Task) -> dict[str, Any]:
@@ -325,6 +333,8 @@ class TaskQueueService:
     ) -> Task:
         if not isinstance(name, str) or not name:
             raise TypeError(f"task name must be a non-empty str, got {name!r}")
+        if not is_text(name):
+            raise ValueError(f"task name {name!r} holds a lone surrogate: not valid Unicode")
         if self.check_names and name not in self._executors:
             raise UnknownTaskError(name, list(self._executors))
         if payload is None:
@@ -341,13 +351,15 @@ class TaskQueueService:
             raise TypeError(f"priority must be an int, got {priority!r}")
         if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
             raise TypeError(f"delay_seconds must be a number, got {delay_seconds!r}")
-        if not math.isfinite(delay_seconds) or delay_seconds < 0:
+        if not _finite(delay_seconds) or delay_seconds < 0:
             raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay_seconds}")
         if task_id is not None:
             if not isinstance(task_id, str) or not task_id:
                 raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
             if len(task_id) > _MAX_ID_LENGTH:
                 raise ValueError(f"task_id is longer than {_MAX_ID_LENGTH} characters")
+            if not is_text(task_id):
+                raise ValueError(f"task_id {task_id!r} holds a lone surrogate: not valid Unicode")
         if max_retries is None:
             max_retries = self.retry_policy.max_retries
         elif isinstance(max_retries, bool) or not isinstance(max_retries, int):
@@ -357,17 +369,25 @@ class TaskQueueService:
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, int | float):
                 raise TypeError(f"timeout must be a number or None, got {timeout!r}")
-            if not timeout > 0:
-                raise ValueError(f"timeout must be > 0, got {timeout}")
+            if not timeout > 0 or not _finite(timeout):
+                raise ValueError(f"timeout must be a finite number > 0, got {timeout}")
         now = utcnow()
         if scheduled_at is not None:
             if delay_seconds:
                 raise ValueError("give either delay_seconds or scheduled_at, not both")
             if not isinstance(scheduled_at, datetime) or scheduled_at.tzinfo is None:
                 raise TypeError("scheduled_at must be a timezone-aware datetime")
-            due = scheduled_at.astimezone(UTC)
+            try:
+                due = scheduled_at.astimezone(UTC)
+            except OverflowError:
+                raise ValueError(f"scheduled_at {scheduled_at} is out of range in UTC") from None
         else:
-            due = now + timedelta(seconds=delay_seconds) if delay_seconds else now
+            try:
+                due = now + timedelta(seconds=delay_seconds) if delay_seconds else now
+            except OverflowError:
+                raise ValueError(
+                    f"delay_seconds {delay_seconds} is too large: due after the year 9999"
+                ) from None
         task = Task(
             name=name,
             payload=dict(payload),

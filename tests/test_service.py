@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -66,6 +66,17 @@ async def test_payload_not_json_is_a_type_error_and_nothing_is_enqueued(
         ({"task_id": ""}, TypeError, "task_id"),
         ({"metadata": ["x"]}, TypeError, "metadata"),
         ({"scheduled_at": datetime(2030, 1, 1)}, TypeError, "timezone-aware"),
+        # Found by tests/chaos/test_fuzz.py: these raised OverflowError/UnicodeEncodeError.
+        ({"delay_seconds": 10**400}, ValueError, "delay_seconds"),
+        ({"delay_seconds": 1e15}, ValueError, "delay_seconds .* year 9999"),
+        ({"timeout": float("inf")}, ValueError, "timeout"),
+        ({"timeout": 10**400}, ValueError, "timeout"),
+        ({"task_id": "lone \ud800"}, ValueError, "task_id"),
+        (
+            {"scheduled_at": datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))},
+            ValueError,
+            "scheduled_at",
+        ),
     ],
 )
 async def test_bad_arguments_are_refused(
@@ -105,6 +116,13 @@ async def test_producer_only_service_accepts_unregistered_names(make_service: An
     service = await make_service(check_names=False)
     task = await service.add_task("runs.elsewhere", {"x": 1})
     assert task.status is TaskStatus.PENDING
+
+
+async def test_a_name_that_is_not_valid_unicode_is_refused(make_service: Any) -> None:
+    service = await make_service(check_names=False)
+    with pytest.raises(ValueError, match="task name"):
+        await service.add_task("report\udc80")
+    assert sum((await service.broker.count_tasks()).values()) == 0
 
 
 # ------------------------------------------------------------------ running tasks
