@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -277,6 +277,41 @@ async def test_queue_entries_without_a_task_are_dropped(
     assert "ghost" in caplog.text and "wrong-type" in caplog.text
     assert await broker.client.zcard(ready) == 0
     await broker.client.delete(f"{broker.base_key}:task:wrong-type")
+
+
+@REDIS_KINDS
+async def test_a_record_whose_numbers_were_corrupted_is_failed_and_the_queue_goes_on(
+    broker_factory: BrokerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by tests/chaos/test_bad_records.py: such a record made the dequeue script
+    # raise a Lua error on every call, for every worker, so the whole queue stopped.
+    broker = await broker_factory(lease_seconds=0.1)
+    assert isinstance(broker, RedisBroker)
+    orphans = [Task("job", id=f"orphan-{n}") for n in range(3)]
+    await broker.enqueue_many(orphans)
+    assert len(await broker.dequeue_many(3, worker_id="dead")) == 3
+    late = Task("job", id="late", scheduled_at=datetime.now(UTC) + timedelta(seconds=0.1))
+    await broker.enqueue(late)
+    key = f"{broker.base_key}:task:"
+    await broker.client.hdel(f"{key}orphan-0", "max_attempts")
+    await broker.client.hset(f"{key}orphan-1", "attempts", "many")
+    await broker.client.hset(f"{key}orphan-2", "score", "nan")
+    await broker.client.hset(f"{key}late", "score", "")
+    ids = [*(t.id for t in orphans), late.id]
+    deadline = time.monotonic() + 10
+    while [await broker.client.hget(key + i, "status") for i in ids] != [b"failed"] * 4:
+        assert time.monotonic() < deadline, "the corrupted records were never failed"
+        await broker.renew({})  # the upkeep meets them once their time is up
+        await asyncio.sleep(0.02)
+    for task_id in ids:
+        assert b"DecodeError" in await broker.client.hget(key + task_id, "error")
+        assert f"task {task_id}: its record's attempts" in caplog.text
+    fine = await broker.enqueue(Task("job"))
+    got = await broker.dequeue_many(5)
+    assert [t.id for t in got] == [fine.id]
+    await broker.client.hdel(key + fine.id, "max_attempts")  # no retry can be counted
+    assert await broker.mark_failed(fine.id, "boom", token=got[0].token, retry_in=0)
+    assert await broker.client.hget(key + fine.id, "status") == b"failed"
 
 
 @REDIS_KINDS

@@ -780,6 +780,14 @@ class RedisBroker(AbstractBroker):
             )
         for task_id, outcome, holder in recovered:
             tid, what, who = _text(task_id), _text(outcome), _text(holder) or "unknown worker"
+            if what == "invalid":
+                logger.error(
+                    "task %s: its record's attempts, max_attempts or score is not a number; "
+                    "failed",
+                    tid,
+                    extra={"task_id": tid},
+                )
+                continue
             level = logging.WARNING if what == "ready" else logging.ERROR
             logger.log(
                 level,

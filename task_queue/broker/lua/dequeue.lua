@@ -9,12 +9,25 @@
 -- lease deadline (-1 when none); leased holds, per leased task, its LEASE_FIELDS values
 -- (see lib.lua); bad the ids found in a queue set with no task hash behind them
 -- (dropped); recovered, per expired lease, {id, outcome, holder} with outcome "ready",
--- "failed" (attempts used up) or "cancelled".
+-- "failed" (attempts used up) or "cancelled", or "invalid": the record's attempts,
+-- max_attempts or score is not a number, so the task is failed with a DecodeError (a
+-- delayed task whose score is not a number is reported so too, with holder '').
 
 local max_tasks, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local worker, batch, request = ARGV[7], tonumber(ARGV[8]), ARGV[9] or ''
 local now = now_ms()
 local bad, recovered = {}, {}
+local INVALID = '{"type":"DecodeError","message":"invalid task record: attempts, ' ..
+  'max_attempts or score is not a number","traceback":null}'
+
+-- A number read from a task hash, or nil when the field is missing or not a number.
+local function number(value)
+  local n = tonumber(value)
+  if n ~= n then
+    return nil  -- NaN
+  end
+  return n
+end
 
 local request_key = K_SEQ .. ':req:' .. request
 if request ~= '' and max_tasks > 0 then
@@ -38,10 +51,13 @@ local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, batc
 for _, id in ipairs(due) do
   redis.call('ZREM', K_DELAYED, id)
   local h = read(PREFIX .. id, 'score')
-  if h then
-    redis.call('ZADD', K_READY, h[1], id)
-  else
+  if not h then
     bad[#bad + 1] = id
+  elseif not number(h[1]) then
+    finish(id, 'failed', now, {'error', INVALID}, K_DELAYED)
+    recovered[#recovered + 1] = {id, 'invalid', ''}
+  else
+    redis.call('ZADD', K_READY, h[1], id)
   end
 end
 
@@ -59,6 +75,9 @@ for _, id in ipairs(expired) do
     if h[2] == '1' then
       outcome = 'cancelled'
       finish(id, 'cancelled', now, {}, K_INFLIGHT)
+    elseif not (number(h[3]) and number(h[4]) and number(h[6])) then
+      outcome = 'invalid'  -- a corrupted record must not stop the recovery of the rest
+      finish(id, 'failed', now, {'lost', holder, 'error', INVALID}, K_INFLIGHT)
     elseif tonumber(h[3]) >= tonumber(h[4]) then
       outcome = 'failed'
       finish(id, 'failed', now, {'lost', holder, 'error', ''}, K_INFLIGHT)

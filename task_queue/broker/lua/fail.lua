@@ -31,7 +31,8 @@ if (tonumber(h[7]) or 0) > 0 then
   end
 elseif h[5] == '1' then
   finish(id, 'cancelled', now, {}, from)
-elseif retry ~= '' and (tonumber(h[3]) or 0) < tonumber(h[4]) then
+elseif retry ~= '' and (tonumber(h[3]) or 0) < (tonumber(h[4]) or 0) and tonumber(h[6]) then
+  -- (a record whose max_attempts or score is not a number cannot be retried: failed)
   local due = now + tonumber(retry)
   redis.call('ZREM', K_INFLIGHT, id)
   redis.call('ZREM', K_READY, id)    -- an administrative retry of a pending task:
