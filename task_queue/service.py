@@ -1066,6 +1066,7 @@ class TaskQueueService:
             lease.slot.cancel()
 
     async def _heartbeat_loop(self) -> None:
+        me = asyncio.current_task()
         interval = self.broker.lease_seconds / 3
         failures = 0
         self._refresh_registry()
@@ -1075,12 +1076,18 @@ class TaskQueueService:
             # Renew even with no leases: the call also runs the broker's upkeep (recovery of
             # other workers' expired leases, deleting tasks past their retention).
             leases = {task_id: lease.token for task_id, lease in self._held.items()}
+            outcome = None
             try:
                 outcome = await self.broker.renew(leases)
             except Exception as exc:
                 failures += 1
                 if failures == 1:
                     logger.error("renewing %d leases failed: %r", len(leases), exc)
+            if me is not None and me.cancelling():
+                # Cancelled while renewing, and the broker's client (redis-py, fakeredis)
+                # swallowed it: stop all the same, or shutdown() would wait forever.
+                raise asyncio.CancelledError
+            if outcome is None:
                 continue
             failures = 0
             for task_id in outcome.lost:

@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from task_queue import (
+    InMemoryBroker,
+    RenewResult,
     RetryPolicy,
     Task,
     TaskCancelledError,
@@ -485,6 +488,34 @@ async def test_shutdown_right_after_start_leaves_no_live_worker(make_service: An
     task = await service.add_task("noop")
     with pytest.raises(TimeoutError):
         await service.wait_for(task.id, timeout=0.1)
+
+
+class SwallowingBroker(InMemoryBroker):
+    """Its first renewal swallows a cancellation, as redis-py and fakeredis calls can."""
+
+    def __init__(self) -> None:
+        super().__init__(lease_seconds=0.03)
+        self.renewing = asyncio.Event()
+        self.swallowed = False
+
+    async def renew(self, leases: Mapping[str, int]) -> RenewResult:
+        if not self.swallowed:
+            self.renewing.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.swallowed = True
+        return await super().renew(leases)
+
+
+async def test_shutdown_ends_even_if_the_broker_swallows_the_heartbeat_cancel() -> None:
+    # Found by tests/chaos/test_bad_records.py on fakeredis: shutdown() hung for good.
+    broker = SwallowingBroker()
+    service = TaskQueueService(broker, {"job": noop})
+    service.start_workers(1)
+    await asyncio.wait_for(broker.renewing.wait(), 5)
+    await asyncio.wait_for(service.shutdown(), 5)
+    assert broker.swallowed and not service.running
 
 
 async def test_shutdown_called_from_an_executor_keeps_its_own_task(make_service: Any) -> None:
