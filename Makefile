@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench-memory bench-redis clean
+.PHONY: demo test lint typecheck unit chaos bench-memory bench-redis clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ typecheck: $(VENV)/.dev
 unit: $(VENV)/.dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The fault suite (tests/chaos) at full size, then the figures it measured, even when a
+# run failed. `make test` runs the same suite at its small size.
+CHAOS_TASKS ?= 100000
+CHAOS_RESULTS ?= .chaos/results.json
+
+chaos: $(VENV)/.dev
+	rm -f $(CHAOS_RESULTS)
+	TQ_CHAOS_TASKS=$(CHAOS_TASKS) TQ_CHAOS_RESULTS=$(CHAOS_RESULTS) \
+		$(PY) -m pytest -q -m chaos tests/chaos $(PYTEST_ARGS); status=$$?; \
+		$(PY) -m tests.chaos.report $(CHAOS_RESULTS); exit $$status
+
 bench-memory: $(VENV)/.core
 	$(PY) benchmarks/memory.py
 
@@ -39,4 +50,4 @@ bench-redis: $(VENV)/.dev
 	$(PY) benchmarks/redis.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .chaos

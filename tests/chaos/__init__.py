@@ -1,0 +1,1 @@
+"""Fault and bad-input runs (marker `chaos`): see docs/reliability.md."""

@@ -1,0 +1,130 @@
+"""Worker processes SIGKILLed every ~0.5 s while a live producer feeds them: nothing lost.
+
+Four `task-queue worker` processes run tasks of mixed priorities (10 % delayed, each
+sleeping 0-20 ms) from a Redis this test owns (`appendonly yes`, `appendfsync always`). A
+killer SIGKILLs a random worker about every 0.5 s and starts a new one in its place. The
+ledger (append-only files, outside Redis) says which tasks the producer got an answer for
+and which runs happened; the final state of Redis must account for each of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from task_queue import TaskQueueService, TaskStatus
+from task_queue.broker.redis import RedisBroker
+from tests.chaos.harness import (
+    SIZE,
+    Figures,
+    Ledger,
+    RedisServer,
+    WorkerPool,
+    analyse,
+    app_env,
+    census,
+    kill_loop,
+    produce,
+    run_timeout,
+    wait_until,
+)
+from tests.conftest import unique_prefix
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+WORKERS = 4
+CONCURRENCY = 25
+KILL_EVERY = 0.5
+# A killed worker's tasks wait out their lease: short enough to recover fast, long
+# enough (heartbeat every lease / 3) that a busy, shared machine rarely makes a live
+# worker lose one. Without kills nothing needs recovering: a long lease rules that out.
+LEASE = 3.0
+CALM_LEASE = 30.0
+
+
+async def run_workers(
+    tmp_path: Path, scenario: str, count: int, *, kill_every: float | None, lease: float
+) -> Figures:
+    """Process `count` tasks with WORKERS processes (killed every `kill_every` s)."""
+    seed = int(os.environ.get("TQ_CHAOS_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
+    prefix = unique_prefix()
+    ledger = Ledger(tmp_path / "ledger")
+    pool = WorkerPool(
+        app_env(server.url, prefix, lease, ledger.directory), tmp_path / "logs", CONCURRENCY
+    )
+    broker = RedisBroker.from_url(server.url, prefix=prefix, lease_seconds=lease)
+    producer = TaskQueueService(broker, check_names=False)
+    client = server.client()
+    killer: asyncio.Task[None] | None = None
+    try:
+        for _ in range(WORKERS):
+            pool.start()
+        await pool.wait_ready()
+        started = time.time()
+        if kill_every is not None:
+            killer = asyncio.create_task(kill_loop(pool, rng, kill_every, ledger))
+        await produce(producer, ledger, count, rng)
+
+        async def all_final() -> bool:
+            counts = await broker.count_tasks()
+            return counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0
+
+        await wait_until(all_final, run_timeout(count), f"{count} tasks to finish", 0.1)
+        if killer is not None:
+            killer.cancel()
+            await asyncio.gather(killer, return_exceptions=True)
+        codes = await pool.stop()
+        state = await census(client, broker.base_key)
+        logs = pool.output()
+        figures = analyse(
+            scenario,
+            ledger.acked(),
+            ledger.runs(),
+            state,
+            pool.killed,
+            logs,
+            started,
+            pool.lease_losses(),
+        )
+        figures.notes += [f"seed {seed}", f"lease {lease:g}s"]
+        figures.record()
+    finally:
+        if killer is not None:
+            killer.cancel()
+        await pool.stop()
+        await client.aclose()
+        await broker.close()
+        ledger.close()
+        server.stop()
+    context = f"seed {seed}, {figures}"
+    assert figures.tasks == count
+    assert state.problems == [], context
+    assert figures.lost == 0, context
+    assert figures.fencing_violations == 0, context
+    assert figures.unexplained_duplicates == 0, context
+    assert codes == [0] * len(codes), logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
+    return figures
+
+
+@pytest.mark.timeout(run_timeout(SIZE))
+async def test_nothing_is_lost_while_workers_are_killed(tmp_path: Path) -> None:
+    figures = await run_workers(tmp_path, "worker kills", SIZE, kill_every=KILL_EVERY, lease=LEASE)
+    assert figures.kills >= 2  # the faults did happen
+    assert figures.recovered_leases > 0
+
+
+@pytest.mark.timeout(run_timeout(SIZE // 5))
+async def test_without_faults_every_task_runs_exactly_once(tmp_path: Path) -> None:
+    count = max(500, SIZE // 5)
+    figures = await run_workers(tmp_path, "no faults", count, kill_every=None, lease=CALM_LEASE)
+    assert figures.duplicates == 0
+    assert figures.recovered_leases == 0
