@@ -93,6 +93,7 @@ async def test_nothing_is_lost_when_redis_restarts_or_is_killed(tmp_path: Path) 
             pool.killed,
             logs,
             started,
+            pool.lease_losses(),
         )
         figures.redis_faults = 2
         figures.notes += [
@@ -107,12 +108,13 @@ async def test_nothing_is_lost_when_redis_restarts_or_is_killed(tmp_path: Path) 
         ledger.close()
         server.stop()
     context = f"seed {seed}, {figures}"
-    assert max(graceful, crash) < LEASE, "an outage outlasted the lease: reruns are allowed"
     assert figures.tasks == COUNT
     assert state.problems == [], context
     assert figures.lost == 0, context
     assert figures.fencing_violations == 0, context
-    assert figures.duplicates == 0, context
-    assert figures.recovered_leases == 0, context
+    assert figures.unexplained_duplicates == 0, context
+    if max(graceful, crash) < LEASE:  # else leases ran out meanwhile: reruns are allowed
+        assert figures.duplicates == 0, context
+        assert figures.recovered_leases == 0, context
     assert codes == [0] * WORKERS, logs[-3000:]
     assert "Traceback" not in logs, logs[-3000:]

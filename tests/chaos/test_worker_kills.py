@@ -118,7 +118,7 @@ async def run_workers(
 @pytest.mark.timeout(run_timeout(SIZE))
 async def test_nothing_is_lost_while_workers_are_killed(tmp_path: Path) -> None:
     figures = await run_workers(tmp_path, "worker kills", SIZE, kill_every=KILL_EVERY, lease=LEASE)
-    assert figures.kills >= 2  # the faults did happen
+    assert figures.kills >= 1  # the faults did happen, the first to a busy worker
     assert figures.recovered_leases > 0
 
 
