@@ -2,7 +2,8 @@
 
 Four `task-queue worker` processes run tasks of mixed priorities (10 % delayed, each
 sleeping 0-20 ms) from a Redis this test owns (`appendonly yes`, `appendfsync always`). A
-killer SIGKILLs a random worker about every 0.5 s and starts a new one in its place. The
+killer SIGKILLs a random running worker about every 0.5 s (the first one as soon as a
+worker is busy) and starts a new one in its place. The
 ledger (append-only files, outside Redis) says which tasks the producer got an answer for
 and which runs happened; the final state of Redis must account for each of them.
 """
