@@ -427,6 +427,7 @@ async def produce(
 STATE_SETS = {
     "ready": "pending",
     "delayed": "pending",
+    "waiting": "pending",
     "inflight": "processing",
     "completed": "completed",
     "failed": "failed",
