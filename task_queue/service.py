@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
-from .broker.base import AbstractBroker, TaskNote
+from .broker.base import AbstractBroker, TaskNote, check_priority
 from .codec import is_text, normalize
 from .context import apply_context, current_task, report_progress, running
 from .errors import (
@@ -347,8 +347,7 @@ class TaskQueueService:
             )
         if context is not None and not isinstance(context, Mapping):
             raise TypeError(f"context must be a dict (JSON object), got {type(context).__name__}")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be an int, got {priority!r}")
+        check_priority(priority)
         if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
             raise TypeError(f"delay_seconds must be a number, got {delay_seconds!r}")
         if not _finite(delay_seconds) or delay_seconds < 0:

@@ -353,3 +353,13 @@ async def test_a_dequeue_rerun_after_a_lost_reply_returns_the_same_tasks(
     assert counts[TaskStatus.PROCESSING] == 4 and counts[TaskStatus.PENDING] == 6
     other = await broker._script("dequeue", 4, 30_000, "w1", 100, "request-2")
     assert len(other[1]) == 4 and not {bytes(v[0]) for v in other[1]} & set(ids)
+
+
+def test_a_queue_name_with_a_colon_is_refused() -> None:
+    import fakeredis
+
+    from task_queue.broker.redis import RedisBroker
+
+    with pytest.raises(ValueError, match="must not contain ':'"):
+        RedisBroker(fakeredis.FakeAsyncRedis(), prefix="a", queue="b:c")
+    assert RedisBroker(fakeredis.FakeAsyncRedis(), prefix="a:b", queue="c").queue == "c"

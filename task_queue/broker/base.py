@@ -47,6 +47,19 @@ def check_max_tasks(max_tasks: int) -> None:
         raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
 
 
+MAX_PRIORITY = 1_000_000
+"""Priorities lie within +-MAX_PRIORITY on every broker (Redis keeps them in a float
+score that must stay exact)."""
+
+
+def check_priority(priority: int) -> None:
+    """Refuse a priority that is not an int or lies outside +-MAX_PRIORITY."""
+    if type(priority) is not int:
+        raise TypeError(f"priority must be an int, got {priority!r}")
+    if abs(priority) > MAX_PRIORITY:
+        raise ValueError(f"priority must be within +-{MAX_PRIORITY}, got {priority}")
+
+
 def check_not_negative(name: str, value: float | None) -> None:
     """Refuse a negative delay, retry delay or limit (None passes)."""
     if value is not None and value < 0:

@@ -30,6 +30,7 @@ from .base import (
     as_task_error,
     check_max_tasks,
     check_not_negative,
+    check_priority,
     check_progress,
     check_purgeable,
     check_stats_minutes,
@@ -246,8 +247,7 @@ class InMemoryBroker(AbstractBroker):
             coming.add(task.id)
 
     def _prepare(self, task: Task) -> Task:
-        if type(task.priority) is not int:
-            raise TypeError(f"priority must be an int, got {task.priority!r}")
+        check_priority(task.priority)
         if task.id in self._tasks:
             return task
         return Task(

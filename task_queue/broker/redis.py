@@ -59,6 +59,7 @@ from .base import (
     as_task_error,
     check_max_tasks,
     check_not_negative,
+    check_priority,
     check_progress,
     check_purgeable,
     check_stats_minutes,
@@ -69,8 +70,6 @@ __all__ = ["RedisBroker", "mask_url"]
 
 logger = logging.getLogger(__name__)
 
-MAX_PRIORITY = 1_000_000
-"""Priorities must lie within +-MAX_PRIORITY so the ready score stays exact."""
 
 _SCRIPTS = (
     "enqueue",
@@ -261,6 +260,9 @@ class RedisBroker(AbstractBroker):
             raise ValueError("queue and prefix must be non-empty")
         if any(c in queue + prefix for c in "{}"):
             raise ValueError("queue and prefix must not contain '{' or '}'")
+        if ":" in queue:
+            # prefix "a" + queue "b:c" and prefix "a:b" + queue "c" would share keys
+            raise ValueError(f"queue must not contain ':', got {queue!r}")
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
         if not result_ttl > 0 or not dead_letter_ttl > 0:
@@ -567,10 +569,7 @@ class RedisBroker(AbstractBroker):
     # ----------------------------------------------------------------- producing
 
     def _enqueue_args(self, task: Task, now: float) -> tuple[list[Any], str]:
-        if type(task.priority) is not int:
-            raise TypeError(f"priority must be an int, got {task.priority!r}")
-        if abs(task.priority) > MAX_PRIORITY:
-            raise ValueError(f"priority must be within +-{MAX_PRIORITY}, got {task.priority}")
+        check_priority(task.priority)
         if task.depends_on:
             task.depends_on = list(dict.fromkeys(task.depends_on))
         data = self._static(task)

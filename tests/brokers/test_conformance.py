@@ -687,3 +687,14 @@ async def test_administrative_retry_of_a_pending_task_queues_it_once(
     first = await broker.dequeue()
     assert first is not None and first.id == task.id
     assert await broker.dequeue_many(5, timeout=0.4) == []  # not handed out a second time
+
+
+async def test_priorities_beyond_the_limit_are_refused_by_every_broker(
+    broker: AbstractBroker,
+) -> None:
+    for priority in (1_000_001, -1_000_001):
+        with pytest.raises(ValueError, match="within"):
+            await broker.enqueue(make(priority=priority))
+    edge = await broker.enqueue(make(priority=-1_000_000))
+    assert edge.priority == -1_000_000
+    assert sum((await broker.count_tasks()).values()) == 1
