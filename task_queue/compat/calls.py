@@ -49,16 +49,19 @@ def cache_key_of(task: Task) -> str | None:
 
 
 def accepts_progress(func: TaskFunction) -> bool:
-    """True when `func` declares a `progress_callback` parameter."""
+    """True when `func` takes a `progress_callback` keyword: a parameter of that name,
+    or `**kwargs` (which async-task-worker passes it to as well)."""
     try:
         parameters = inspect.signature(func).parameters
     except (TypeError, ValueError):
         return False
     parameter = parameters.get("progress_callback")
-    return parameter is not None and parameter.kind not in (
-        inspect.Parameter.VAR_POSITIONAL,
-        inspect.Parameter.VAR_KEYWORD,
-    )
+    if parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    ):
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def check_call(

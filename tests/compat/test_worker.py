@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -89,14 +90,67 @@ async def _progress_in_broker(worker: AsyncTaskWorker, task_id: str, value: floa
     return info is not None and info.progress == value and info.status == "running"
 
 
-async def test_bad_progress_values_fail_the_task(worker: AsyncTaskWorker) -> None:
+async def test_progress_out_of_range_is_clamped_not_fatal(worker: AsyncTaskWorker) -> None:
+    gate = asyncio.Event()
+
     @task("overshoot")
-    async def overshoot(progress_callback: Any = None) -> None:
-        progress_callback(1.5)
+    async def overshoot(progress_callback: Any = None) -> str:
+        progress_callback(-3)
+        progress_callback(float("nan"))  # ignored
+        assert progress_callback(0.0) is None
+        progress_callback(50)  # a percentage by mistake: clamped to 1.0
+        await gate.wait()
+        progress_callback(1.0000000000000002)
+        return "fine"
 
     task_id = await worker.add_task(overshoot)
-    with pytest.raises(ValueError, match=r"between 0\.0 and 1\.0"):
-        await result_of(worker, task_id)
+    await wait_until(lambda: worker.get_task_info(task_id).progress == 1.0, "clamped progress")
+    await wait_until(lambda: _progress_in_broker(worker, task_id, 1.0), "clamped progress stored")
+    gate.set()
+    assert await result_of(worker, task_id) == "fine"
+
+    @task("wrong_type")
+    async def wrong_type(progress_callback: Any = None) -> None:
+        progress_callback("half")
+
+    with pytest.raises(TypeError, match="progress must be a number"):
+        await result_of(worker, await worker.add_task(wrong_type))
+
+
+async def test_progress_reported_from_a_thread(worker: AsyncTaskWorker) -> None:
+    gate = threading.Event()
+
+    def crunch(progress_callback: Any) -> int:
+        for step in range(1, 4):
+            progress_callback(step / 4)
+        gate.wait(TIMEOUT)
+        return 42
+
+    @task("threaded")
+    async def threaded(progress_callback: Any = None) -> int:
+        return await asyncio.to_thread(crunch, progress_callback)
+
+    task_id = await worker.add_task(threaded)
+    await wait_until(lambda: worker.get_task_info(task_id).progress == 0.75, "thread progress")
+    await wait_until(lambda: _progress_in_broker(worker, task_id, 0.75), "thread progress stored")
+    gate.set()
+    assert await result_of(worker, task_id) == 42
+    assert worker.get_task_info(task_id).status == "completed"
+
+
+async def test_functions_taking_kwargs_receive_progress_callback(
+    worker: AsyncTaskWorker,
+) -> None:
+    @task("kwargs_only")
+    async def kwargs_only(x: int, **kwargs: Any) -> list[str]:
+        kwargs["progress_callback"](0.5)
+        return sorted(kwargs)
+
+    task_id = await worker.add_task(kwargs_only, 1, extra=2)
+    assert await result_of(worker, task_id) == ["extra", "progress_callback"]
+    assert (await worker.broker.get_task(task_id)).payload["kwargs"] == {"extra": 2}
+    with pytest.raises(TypeError, match="progress_callback is supplied by the worker"):
+        await worker.add_task(kwargs_only, 1, progress_callback=None)
 
 
 async def test_failure_keeps_the_message_and_the_future_raises_the_exception(
