@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import time
@@ -45,8 +46,9 @@ class CacheAdapter(ABC):
 class MemoryCacheAdapter(CacheAdapter):
     """Entries in this process: least recently used ones go beyond `max_size`.
 
-    `max_size` None keeps every entry until it expires. `clock` gives the time in
-    seconds that TTLs count on (default `time.monotonic`).
+    Only live entries count towards `max_size`: expired ones are dropped before any
+    live one is evicted. `max_size` None keeps every entry until it expires. `clock`
+    gives the time in seconds that TTLs count on (default `time.monotonic`).
     """
 
     def __init__(
@@ -60,8 +62,12 @@ class MemoryCacheAdapter(CacheAdapter):
         self._clock = clock
         # key -> (expiry on the monotonic clock or None, value); the end is the most recent.
         self._entries: OrderedDict[str, tuple[float | None, Any]] = OrderedDict()
+        # (expiry, key) of every entry set with a TTL; entries replaced or deleted since
+        # leave stale items here, skipped when they come up.
+        self._expiries: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
+        """How many entries are held, expired ones not yet dropped included."""
         return len(self._entries)
 
     async def get(self, key: str) -> tuple[bool, Any]:
@@ -79,12 +85,33 @@ class MemoryCacheAdapter(CacheAdapter):
     async def set(self, key: str, value: Any, ttl: int | None = None) -> None:
         """See `CacheAdapter.set`; evicts the least recently used entries over `max_size`."""
         seconds = check_ttl(ttl)
-        expires = None if seconds is None else self._clock() + seconds
+        now = self._clock()
+        expires = None if seconds is None else now + seconds
         self._entries[key] = (expires, value)
         self._entries.move_to_end(key)
+        if expires is not None:
+            heapq.heappush(self._expiries, (expires, key))
+        # Expired entries go first, so they never take the place of live ones.
+        self._drop_expired(now)
         if self.max_size is not None:
             while len(self._entries) > self.max_size:
                 self._entries.popitem(last=False)
+
+    def _drop_expired(self, now: float) -> None:
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            expires, key = heapq.heappop(expiries)
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == expires:
+                del self._entries[key]
+        if len(expiries) > 2 * len(self._entries) + 64:
+            # Many entries were replaced or deleted before they expired: rebuild.
+            self._expiries = [
+                (expires, key)
+                for key, (expires, _) in self._entries.items()
+                if expires is not None
+            ]
+            heapq.heapify(self._expiries)
 
     async def delete(self, key: str) -> bool:
         """See `CacheAdapter.delete`."""
@@ -93,6 +120,7 @@ class MemoryCacheAdapter(CacheAdapter):
     async def clear(self) -> None:
         """See `CacheAdapter.clear`."""
         self._entries.clear()
+        self._expiries.clear()
 
 
 def check_ttl(ttl: float | None, name: str = "ttl") -> float | None:

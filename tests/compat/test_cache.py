@@ -92,27 +92,60 @@ async def test_memory_adapter_ttl_lru_delete_clear() -> None:
         await cache.set("e", 5, ttl=0)
 
 
+async def test_memory_adapter_counts_only_live_entries() -> None:
+    clock = Clock()
+    cache = MemoryCacheAdapter(max_size=2, clock=clock)
+    await cache.set("live", "kept")  # the oldest, but it never expires
+    await cache.set("dead", "soon gone", ttl=5)
+    clock.now += 5
+    await cache.set("new", "fresh")
+    # The expired entry made room, not the least recently used live one.
+    assert await cache.get("live") == (True, "kept")
+    assert await cache.get("new") == (True, "fresh")
+    assert len(cache) == 2
+
+    unbounded = MemoryCacheAdapter(max_size=None, clock=clock)
+    for n in range(100):
+        await unbounded.set(f"k{n}", n, ttl=1)
+    clock.now += 1
+    await unbounded.set("last", 1)
+    assert len(unbounded) == 1  # the expired entries do not pile up
+
+
 # ---------------------------------------------------------------- redis adapter
 
 
 @pytest.fixture(params=["redis-fake", "redis-real"])
-async def redis_cache(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+async def redis_cache_factory(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Build RedisCacheAdapters (each under its own prefix) on fakeredis or real Redis."""
     from task_queue.compat import RedisCacheAdapter
 
-    prefix = unique_prefix()
-    if request.param == "redis-fake":
-        import fakeredis
-
-        adapter = RedisCacheAdapter(
-            fakeredis.FakeAsyncRedis(), prefix=prefix, max_size=3, owns_client=True
-        )
-    else:
+    made: list[Any] = []
+    if request.param == "redis-real":
         await require_real_redis()
-        adapter = RedisCacheAdapter.from_url(REDIS_URL, prefix=prefix, max_size=3)
-    yield adapter
-    await adapter.clear()
-    await adapter.client.delete(adapter._lru)
-    await adapter.close()
+
+    def factory(**options: Any) -> Any:
+        options.setdefault("prefix", unique_prefix())
+        if request.param == "redis-fake":
+            import fakeredis
+
+            adapter = RedisCacheAdapter(fakeredis.FakeAsyncRedis(), owns_client=True, **options)
+        else:
+            adapter = RedisCacheAdapter.from_url(REDIS_URL, **options)
+        made.append(adapter)
+        return adapter
+
+    yield factory
+    for adapter in made:
+        await adapter.clear()
+        await adapter.client.delete(adapter._lru, adapter._exp)
+        await adapter.close()
+
+
+@pytest.fixture
+def redis_cache(redis_cache_factory: Any) -> Any:
+    """A RedisCacheAdapter bounded to 3 entries."""
+    return redis_cache_factory(max_size=3)
 
 
 async def test_redis_adapter_round_trip_ttl_and_delete(redis_cache: Any) -> None:
@@ -139,6 +172,43 @@ async def test_redis_adapter_evicts_the_least_recently_used(redis_cache: Any) ->
     assert found == {"a": True, "b": False, "c": True, "d": True}
     await redis_cache.clear()
     assert [(await redis_cache.get(key))[0] for key in "abcd"] == [False] * 4
+
+
+async def test_redis_adapter_counts_only_live_entries(redis_cache_factory: Any) -> None:
+    clock = Clock()
+    cache = redis_cache_factory(max_size=3, clock=clock)
+    await cache.set("live1", 1)
+    await cache.set("live2", 2)
+    await cache.set("dead", 3, ttl=60)
+    clock.now += 60  # "dead" has expired by the adapter's clock
+    await cache.set("new", 4)
+    # The expired key made room, not the least recently used live one.
+    found = {key: (await cache.get(key))[0] for key in ("live1", "live2", "new")}
+    assert found == {"live1": True, "live2": True, "new": True}
+    assert await cache.client.zcard(cache._lru) == 3
+
+    unbounded = redis_cache_factory(max_size=None, clock=clock)
+    for n in range(20):
+        await unbounded.set(f"k{n}", n, ttl=1)
+    clock.now += 1
+    await unbounded.set("last", 1)
+    assert await unbounded.client.zcard(unbounded._lru) == 1  # no pile of dead keys
+    assert await unbounded.client.zcard(unbounded._exp) == 0
+
+
+async def test_redis_adapter_forgets_a_key_found_expired(redis_cache: Any) -> None:
+    await redis_cache.set("brief", "x", ttl=60)
+    await redis_cache.client.pexpire(redis_cache._values + "brief", 1)  # Redis expires it
+    await wait_until(
+        lambda: _gone(redis_cache, "brief"), "the value expired in Redis", timeout=TIMEOUT
+    )
+    assert await redis_cache.get("brief") == (False, None)
+    assert await redis_cache.client.zcard(redis_cache._lru) == 0
+    assert await redis_cache.client.zcard(redis_cache._exp) == 0
+
+
+async def _gone(cache: Any, key: str) -> bool:
+    return not await cache.client.exists(cache._values + key)
 
 
 # ---------------------------------------------------------------- the worker's cache
