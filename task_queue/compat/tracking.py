@@ -328,6 +328,15 @@ class TaskTracker:
             if task is not None and not task.is_final:
                 self.observe(task)  # a final state is the watcher's to record
 
+    async def reread_running(self) -> None:
+        """Read every task shown running from the broker again (after the worker slots
+        stopped, the tasks they handed back read pending)."""
+        for record in list(self._records.values()):
+            if record.info.status is TaskStatus.RUNNING and not record.running_here:
+                task = await self.broker.get_task(record.info.id)
+                if task is not None:
+                    self.observe(task)
+
     def observe(self, task: Task) -> None:
         """Take in a snapshot of a tracked task read from the broker, if it is news.
 

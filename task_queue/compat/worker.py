@@ -160,6 +160,11 @@ class AsyncTaskWorker:
         try:
             if started:
                 await self.service.shutdown(grace=timeout)
+                try:
+                    # Tasks interrupted just now are pending again in the broker.
+                    await self._tracker.reread_running()
+                except Exception as exc:
+                    logger.warning("reading the state of interrupted tasks failed: %r", exc)
         finally:
             refresher, self._refresher = self._refresher, None
             if refresher is not None:

@@ -421,6 +421,8 @@ async def test_stop_hands_running_tasks_back_and_start_runs_them(
     stored = await worker.broker.get_task(task_id)
     assert stored.status is CoreStatus.PENDING
     assert stored.attempts == 0  # handed back without spending its one attempt
+    assert worker.get_task_info(task_id).status == "pending"  # as the broker says
+    assert [i.id for i in worker.get_all_tasks(status="running")] == []
     release.set()
     await worker.start()
     assert await result_of(worker, task_id) == 2
