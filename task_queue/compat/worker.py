@@ -103,6 +103,11 @@ class AsyncTaskWorker:
         self.cache: CacheAdapter = (
             cache_adapter if cache_adapter is not None else MemoryCacheAdapter(cache_max_size)
         )
+        # A broker made here is this worker's to close (see stop()).
+        self._broker_factory: Callable[[], AbstractBroker] | None = (
+            None if broker is not None else _default_broker
+        )
+        self._broker_closed = False
         self.broker: AbstractBroker = broker if broker is not None else _default_broker()
         self.service = TaskQueueService(
             self.broker,
@@ -141,6 +146,7 @@ class AsyncTaskWorker:
         """Start `max_workers` worker slots and the tracking of this worker's tasks."""
         if self._started:
             return
+        self._reopen()
         self._started = True
         self._tracker.watch_all()
         if self.max_workers:
@@ -154,7 +160,10 @@ class AsyncTaskWorker:
         """Stop the worker slots: running tasks get `timeout` seconds to finish.
 
         Tasks still running then are interrupted and go back to the broker as pending,
-        with the tasks not started yet; a later `start()` runs them.
+        with the tasks not started yet; a later `start()` runs them. A broker this
+        worker made itself (no `broker=` given) is closed, releasing its connections;
+        the next call that needs one makes a new one. An `InMemoryBroker` is kept: it
+        holds the tasks themselves.
         """
         started, self._started = self._started, False
         try:
@@ -171,8 +180,33 @@ class AsyncTaskWorker:
                 refresher.cancel()
                 await asyncio.gather(refresher, return_exceptions=True)
             await self._tracker.stop()
+            await self._close_own_broker()
         if started:
             logger.info("AsyncTaskWorker stopped")
+
+    async def _close_own_broker(self) -> None:
+        if (
+            self._broker_factory is None
+            or self._broker_closed
+            or isinstance(self.broker, InMemoryBroker)
+        ):
+            return
+        self._broker_closed = True
+        try:
+            await self.broker.close()
+        except Exception as exc:
+            logger.warning("closing the broker %r failed: %r", self.broker, exc)
+
+    def _reopen(self) -> None:
+        """After stop() closed this worker's own broker, make a new one to go on with."""
+        if not self._broker_closed or self._broker_factory is None:
+            return
+        broker = self._broker_factory()
+        self._broker_closed = False
+        self.broker = broker
+        self.service.broker = broker
+        self._tracker.broker = broker
+        self._flights.broker = broker
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -390,6 +424,7 @@ class AsyncTaskWorker:
         cache_ttl: int | None,
     ) -> str:
         check_call(task_type, func, args, kwargs)
+        self._reopen()
         if use_cache is not None and not isinstance(use_cache, bool):
             raise TypeError(f"use_cache must be True, False or None, got {use_cache!r}")
         cached = self.cache_enabled if use_cache is None else use_cache
@@ -512,6 +547,7 @@ class AsyncTaskWorker:
 
     async def fetch_task_info(self, task_id: str) -> TaskInfo | None:
         """The task as the broker holds it now (any producer's), or None."""
+        self._reopen()
         task = await self.service.get_task(task_id)
         if task is None:
             return None
@@ -546,6 +582,7 @@ class AsyncTaskWorker:
         known = self._tracker.view(task_id)
         if known is not None and known.status.is_final:
             return False
+        self._reopen()
         try:
             accepted = await self.service.cancel(task_id)
         except TaskNotFoundError:

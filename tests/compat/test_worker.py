@@ -12,7 +12,7 @@ import pytest
 from task_queue import TaskNotFoundError
 from task_queue.compat import AsyncTaskWorker, TaskStatus, register_task, task
 from task_queue.models import TaskStatus as CoreStatus
-from tests.compat.conftest import TIMEOUT, WorkerFactory, wait_until
+from tests.compat.conftest import TIMEOUT, DefaultBrokers, WorkerFactory, wait_until
 from tests.conftest import BrokerFactory, unique_prefix
 
 
@@ -521,3 +521,38 @@ async def test_task_info_as_json(worker: AsyncTaskWorker) -> None:
     assert data["task_type"] == "jsonable"
     assert data["created_at"].endswith("+00:00")
     assert data["completed_at"] >= data["started_at"] >= data["created_at"]
+
+
+async def test_stop_closes_a_broker_the_worker_made_and_start_makes_another(
+    default_brokers: DefaultBrokers,
+) -> None:
+    @task("hello")
+    async def hello(name: str) -> str:
+        return f"hello {name}"
+
+    worker = AsyncTaskWorker(max_workers=1)
+    assert default_brokers.made == [worker.broker]
+    await worker.start()
+    assert await result_of(worker, await worker.add_task(hello, "a")) == "hello a"
+    await worker.stop()
+    # Nothing of the broker is left running (its final-state listener, for one).
+    leftovers = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("task-")]
+    assert leftovers == []
+
+    added_while_stopped = await worker.add_task(hello, "b")
+    expected = 1 if default_brokers.kind == "memory" else 2  # the in-memory one is kept
+    assert len(default_brokers.made) == expected
+    assert default_brokers.made[-1] is worker.broker is worker.service.broker
+    await worker.start()
+    assert await result_of(worker, added_while_stopped) == "hello b"
+    await worker.stop()
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("task-")] == []
+
+
+async def test_stop_leaves_a_given_broker_open(broker_factory: BrokerFactory) -> None:
+    broker = await broker_factory()
+    worker = AsyncTaskWorker(max_workers=1, broker=broker)
+    await worker.start()
+    await worker.stop()
+    assert await broker.get_task("nothing") is None  # still usable
+    assert worker.broker is broker
