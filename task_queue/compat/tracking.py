@@ -59,8 +59,9 @@ class TaskTracker:
     """Local `TaskInfo`s, futures and final-state watchers of one worker's tasks.
 
     `on_final(task)` is awaited once per tracked task when the broker reports it final,
-    after the info and futures are settled. Final tasks are forgotten `retention`
-    seconds after they ended.
+    after the info and futures are settled; `on_gone(task_id)` is called for a tracked
+    task the broker no longer knows. Final tasks are forgotten `retention` seconds after
+    they ended.
     """
 
     def __init__(
@@ -68,10 +69,12 @@ class TaskTracker:
         broker: AbstractBroker,
         on_final: Callable[[Task], Awaitable[None]],
         retention: float,
+        on_gone: Callable[[str], None] | None = None,
     ) -> None:
         self.broker = broker
         self.retention = retention
         self._on_final = on_final
+        self._on_gone = on_gone
         self._records: dict[str, _Record] = {}
         self._adopting: dict[str, _Record] = {}  # asked for by id, not added here
         self._watching = True
@@ -298,6 +301,8 @@ class TaskTracker:
     def _forget(self, task_id: str, record: _Record, exc: TaskNotFoundError) -> None:
         if self._records.get(task_id) is record:
             del self._records[task_id]
+            if self._on_gone is not None:
+                self._on_gone(task_id)
         if self._adopting.get(task_id) is record:
             del self._adopting[task_id]
         futures, record.futures = record.futures, []

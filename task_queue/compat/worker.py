@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import uuid
@@ -119,9 +120,16 @@ class AsyncTaskWorker:
             prefetch=0,
         )
         retention = float(getattr(self.broker, "result_ttl", 3600.0))
-        self._tracker = TaskTracker(self.broker, self._on_final, retention)
+        self._tracker = TaskTracker(
+            self.broker, self._on_final, retention, on_gone=self._forget_local
+        )
         self._flights = Flights(self.broker, self._tracker)
+        # Unregistered module-level functions by name, and the functions of unfinished
+        # tasks whose function has no stable name (closures...), by task id.
         self._implicit: dict[str, TaskFunction] = {}
+        self._local: dict[str, TaskFunction] = {}
+        self._local_types: set[str] = set()
+        self._uncached_warned: set[str] = set()
         self._registered: set[str] = set()
         self._started = False
         self._refresher: asyncio.Task[None] | None = None
@@ -236,7 +244,8 @@ class AsyncTaskWorker:
     # ----------------------------------------------------------------- functions by name
 
     def task_types(self) -> list[str]:
-        """Every task type this worker can run: the registry's, then unregistered functions'."""
+        """Every task type this worker can run by name: the registry's, then those of
+        unregistered module-level functions it was given."""
         registered = registry.get_all_task_types()
         return registered + [t for t in self._implicit if t not in set(registered)]
 
@@ -244,30 +253,39 @@ class AsyncTaskWorker:
         return get_task_function(task_type) or self._implicit.get(task_type)
 
     def _type_of(self, task_func: Any, *, remember: bool) -> str:
+        return self._identify(task_func, remember=remember)[0]
+
+    def _identify(self, task_func: Any, *, remember: bool) -> tuple[str, bool]:
+        """The task type of `task_func`, and whether it is local: a function with no
+        name that holds in another process, run only here, by the id of its task."""
         if isinstance(task_func, str):
             if self._lookup(task_func) is None:
                 raise UnknownTaskError(task_func, self.task_types())
-            return task_func
+            return task_func, False
         if not is_async_callable(task_func):
             raise TypeError(
                 f"task_func must be an async function (or a task type name), got {task_func!r}"
             )
         task_type = get_task_type(task_func)
         if task_type is not None:
-            return task_type
-        for name, func in self._implicit.items():
-            if func is task_func or func == task_func:
-                return name
-        # Not registered: known by its import path in this process only.
-        module = getattr(task_func, "__module__", "?")
-        base = f"{module}.{getattr(task_func, '__qualname__', repr(task_func))}"
-        name, n = base, 1
-        while name in self._implicit or get_task_function(name) is not None:
-            n += 1
-            name = f"{base}#{n}"
+            return task_type, False
+        target = getattr(task_func, "__func__", task_func)  # a bound method's function
+        module = getattr(target, "__module__", None) or "?"
+        qualname = getattr(target, "__qualname__", None) or type(task_func).__qualname__
+        name = f"{module}.{qualname}"
+        stable = (
+            inspect.isfunction(task_func)
+            and "<locals>" not in qualname
+            and "<lambda>" not in qualname
+            and get_task_function(name) is None
+        )
+        if not stable:
+            # A closure, lambda, bound method, partial or callable object: many may share
+            # `name`, so it names the code, not the function, and is never cached.
+            return name, True
         if remember:
-            self._implicit[name] = task_func
-        return name
+            self._implicit[name] = task_func  # a redefinition replaces the old one
+        return name, False
 
     def _ensure_registered(self, task_type: str) -> None:
         if task_type not in self._registered:
@@ -286,8 +304,15 @@ class AsyncTaskWorker:
         return execute
 
     async def _execute(self, task_type: str, task: Task) -> Any:
-        func = self._lookup(task_type)
+        func = self._local.get(task.id) if task_type in self._local_types else None
+        func = func or self._lookup(task_type)
         if func is None:
+            if task_type in self._local_types:
+                raise LookupError(
+                    f"task {task.id} [{task_type}]: its function is not registered and "
+                    "only the process that added the task knows it; register it with "
+                    "@task to run it in any process"
+                )
             raise UnknownTaskError(task_type, self.task_types())
         call = Call(task)
         self._tracker.started(task)
@@ -358,22 +383,57 @@ class AsyncTaskWorker:
         `cache_ttl` override the worker's cache settings for this task. Arguments must
         be JSON and fit the function's signature, else TypeError and nothing is added.
         """
-        task_type = self._type_of(task_func, remember=True)
+        task_type, local = self._identify(task_func, remember=True)
         self._ensure_registered(task_type)
-        func = self._lookup(task_type)
-        assert func is not None
-        return await self._submit(
-            task_type,
-            func,
-            list(args),
-            kwargs,
-            priority,
-            task_id,
-            metadata,
-            timeout,
-            use_cache,
-            cache_ttl,
-        )
+        if not local:
+            func = self._lookup(task_type)
+            assert func is not None
+            return await self._submit(
+                task_type,
+                func,
+                list(args),
+                kwargs,
+                priority,
+                task_id,
+                metadata,
+                timeout,
+                use_cache,
+                cache_ttl,
+            )
+        self._local_types.add(task_type)
+        if self._caching(use_cache) and task_type not in self._uncached_warned:
+            self._uncached_warned.add(task_type)
+            logger.warning(
+                "[%s] results are not cached: the function is not registered and not a "
+                "module-level function, so no name tells it apart in another process; "
+                "register it with @task to cache it",
+                task_type,
+            )
+        task_id = task_id or uuid.uuid4().hex
+        mine = task_id not in self._local
+        if mine:
+            self._local[task_id] = task_func
+        try:
+            added = await self._submit(
+                task_type,
+                task_func,
+                list(args),
+                kwargs,
+                priority,
+                task_id,
+                metadata,
+                timeout,
+                False,
+                cache_ttl,
+            )
+        except BaseException:
+            if mine:
+                self._local.pop(task_id, None)
+            raise
+        info = self._tracker.view(added)
+        if mine and (info is None or info.status.is_final or info.task_type != task_type):
+            self._local.pop(task_id, None)  # the id was taken by a task of its own
+        return added
 
     async def submit(
         self,
@@ -425,9 +485,7 @@ class AsyncTaskWorker:
     ) -> str:
         check_call(task_type, func, args, kwargs)
         self._reopen()
-        if use_cache is not None and not isinstance(use_cache, bool):
-            raise TypeError(f"use_cache must be True, False or None, got {use_cache!r}")
-        cached = self.cache_enabled if use_cache is None else use_cache
+        cached = self._caching(use_cache)
         ttl = self.cache_ttl if cache_ttl is None else check_ttl(cache_ttl, "cache_ttl")
         payload: dict[str, Any] = {
             "args": normalize(args, "args"),
@@ -478,6 +536,12 @@ class AsyncTaskWorker:
             await self._flights.abandon(flight)  # the id was taken by another call
         self._tracker.track(stored)
         return stored.id
+
+    def _caching(self, use_cache: bool | None) -> bool:
+        """Whether a task added with `use_cache` has its result cached."""
+        if use_cache is not None and not isinstance(use_cache, bool):
+            raise TypeError(f"use_cache must be True, False or None, got {use_cache!r}")
+        return self.cache_enabled if use_cache is None else use_cache
 
     async def _add_parked(
         self, task_type: str, payload: dict[str, Any], options: dict[str, Any]
@@ -595,7 +659,9 @@ class AsyncTaskWorker:
         self, task_func: TaskFunction | str, *args: Any, **kwargs: Any
     ) -> bool:
         """Remove the cached result of `task_func(*args, **kwargs)`; True if there was one."""
-        task_type = self._type_of(task_func, remember=False)
+        task_type, local = self._identify(task_func, remember=False)
+        if local:
+            return False  # never cached
         return await self.cache.delete(make_cache_key(task_type, args, kwargs))
 
     async def clear_cache(self) -> None:
@@ -623,7 +689,12 @@ class AsyncTaskWorker:
                 extra=_log_extra(task),
             )
 
+    def _forget_local(self, task_id: str) -> None:
+        """The task ended (or is gone): its unregistered function is not needed now."""
+        self._local.pop(task_id, None)
+
     async def _on_final(self, task: Task) -> None:
+        self._forget_local(task.id)
         key = cache_key_of(task)
         if key is None:
             return

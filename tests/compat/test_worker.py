@@ -9,8 +9,14 @@ from typing import Any
 
 import pytest
 
-from task_queue import TaskNotFoundError
-from task_queue.compat import AsyncTaskWorker, TaskStatus, register_task, task
+from task_queue import TaskFailedError, TaskNotFoundError
+from task_queue.compat import (
+    AsyncTaskWorker,
+    MemoryCacheAdapter,
+    TaskStatus,
+    register_task,
+    task,
+)
 from task_queue.models import TaskStatus as CoreStatus
 from tests.compat.conftest import TIMEOUT, DefaultBrokers, WorkerFactory, wait_until
 from tests.conftest import BrokerFactory, unique_prefix
@@ -354,6 +360,73 @@ async def test_unregistered_function_runs_in_this_process(worker: AsyncTaskWorke
     task_id = await worker.add_task(local_only, 4)
     assert await result_of(worker, task_id) == 12
     assert worker.get_task_info(task_id).task_type.endswith("local_only")
+
+
+def make_adder(n: int) -> Any:
+    async def add_n(x: int) -> int:
+        return x + n
+
+    return add_n
+
+
+async def module_level_triple(x: int) -> int:
+    return x * 3
+
+
+async def test_unregistered_closures_leave_nothing_behind(worker: AsyncTaskWorker) -> None:
+    executors = len(worker.service.task_executors)
+    types = worker.task_types()
+    ids = [await worker.add_task(make_adder(n), 1) for n in range(200)]
+    results = await asyncio.wait_for(asyncio.gather(*worker.get_task_futures(ids)), TIMEOUT)
+    assert results == [n + 1 for n in range(200)]  # each ran its own closure
+    assert len(worker.service.task_executors) == executors + 1  # one per code, not per closure
+    assert worker.task_types() == types  # closures cannot be submitted by name
+    await wait_until(lambda: not worker._local, "the closures are forgotten")
+
+    # A module-level function has a name that holds everywhere: it is listed and cached.
+    task_id = await worker.add_task(module_level_triple, 2)
+    assert await result_of(worker, task_id) == 6
+    assert f"{__name__}.module_level_triple" in worker.task_types()
+    assert (
+        await result_of(worker, await worker.submit(f"{__name__}.module_level_triple", [3])) == 9
+    )
+
+
+async def test_closures_are_never_cached_under_a_shared_name(
+    worker_factory: WorkerFactory,
+) -> None:
+    cache = MemoryCacheAdapter()
+    one = await worker_factory(max_workers=1, cache_enabled=True, cache_adapter=cache)
+    two = await worker_factory(max_workers=1, cache_enabled=True, cache_adapter=cache)
+    await one.start()
+    await two.start()
+    assert await result_of(one, await one.add_task(make_adder(1), 0)) == 1
+    assert await result_of(two, await two.add_task(make_adder(2), 0)) == 2
+    assert len(cache) == 0
+    assert await one.invalidate_cache(make_adder(1), 0) is False
+
+
+async def test_a_closure_runs_only_in_the_process_that_added_it(
+    broker_kind: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory
+) -> None:
+    """Another worker with a closure of the same code must not run its own in its place."""
+    options: dict[str, Any] = {}
+    if broker_kind != "memory":
+        options["prefix"] = unique_prefix()
+    if broker_kind == "redis-fake":
+        import fakeredis
+
+        options["fake_server"] = fakeredis.FakeServer()
+    producer_broker = await broker_factory(**options)
+    runner_broker = producer_broker if broker_kind == "memory" else await broker_factory(**options)
+    producer = await worker_factory(max_workers=0, broker=producer_broker)
+    runner = await worker_factory(max_workers=1, broker=runner_broker)
+    await producer.start()
+    await runner.start()
+    assert await result_of(runner, await runner.add_task(make_adder(100), 0)) == 100
+    elsewhere = await producer.add_task(make_adder(1), 0)
+    with pytest.raises(TaskFailedError, match="only the process that added the task knows it"):
+        await result_of(producer, elsewhere)
 
 
 async def test_function_registered_after_start_runs(worker: AsyncTaskWorker) -> None:
