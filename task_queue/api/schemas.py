@@ -95,7 +95,8 @@ class TaskErrorModel(BaseModel):
 
 
 class TaskModel(BaseModel):
-    """A task as the service API shows it."""
+    """A task as the service API shows it; `cancel_requested` is true for a running task
+    asked to stop, until it has."""
 
     id: str
     name: str
@@ -113,6 +114,7 @@ class TaskModel(BaseModel):
     result: Any
     error: TaskErrorModel | None
     metadata: dict[str, Any]
+    cancel_requested: bool = False
 
     @classmethod
     def of(cls, task: Task) -> TaskModel:
@@ -137,11 +139,12 @@ class TaskModel(BaseModel):
             if error is None
             else TaskErrorModel(type=error.type, message=error.message),
             metadata=task.metadata,
+            cancel_requested=task.cancel_requested and not task.is_final,
         )
 
 
 class CancelResponse(BaseModel):
-    """DELETE /tasks/{id}: the cancel was accepted; `status` is the task's state now."""
+    """DELETE /tasks/{id}: the cancel was accepted, so `status` is `"cancelled"`."""
 
     id: str
     cancelled: bool

@@ -72,18 +72,27 @@ def create_task_queue_router(
 
     @router.delete("/tasks/{task_id}")
     async def cancel_task(task_id: str) -> CancelResponse:
-        """Cancel a pending or running task; 409 when it has ended already."""
+        """Cancel a pending or running task; 409 when it has ended or was cancelled.
+
+        A running task whose cancel is accepted stops within a heartbeat of its worker;
+        it reads `"cancel_requested": true` until then.
+        """
+        task = await service.get_task(task_id)
+        if task is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task with id {task_id!r}")
+        if task.cancel_requested and not task.is_final:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id!r} is already cancelled")
         try:
             accepted = await service.cancel(task_id)
         except TaskNotFoundError:
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, f"no task with id {task_id!r}"
             ) from None
-        task = await service.get_task(task_id)
-        state = task.status.value if task is not None else "unknown"
         if not accepted:
+            now = await service.get_task(task_id)
+            state = (now or task).status.value
             raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id!r} is already {state}")
-        return CancelResponse(id=task_id, cancelled=True, status=state)
+        return CancelResponse(id=task_id, cancelled=True, status=TaskStatus.CANCELLED.value)
 
     @router.get("/health")
     async def health() -> HealthResponse:

@@ -85,7 +85,7 @@ def create_task_worker_router(
 
     @router.delete("/tasks/{task_id}")
     async def cancel_task(task_id: str) -> CancelResponse:
-        """Cancel a pending or running task; 409 when it has ended already."""
+        """Cancel a pending or running task; 409 when it has ended or was cancelled."""
         info = await worker.fetch_task_info(task_id)
         if info is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task with id {task_id!r}")
@@ -94,8 +94,9 @@ def create_task_worker_router(
             raise HTTPException(
                 status.HTTP_409_CONFLICT, f"task {task_id!r} is already {now.status.value}"
             )
-        now = await worker.fetch_task_info(task_id) or info
-        return CancelResponse(id=task_id, cancelled=True, status=now.status.value)
+        # Accepted: the task reads cancelled from now on, though a running one may take
+        # a moment to stop.
+        return CancelResponse(id=task_id, cancelled=True, status=TaskStatus.CANCELLED.value)
 
     @router.get("/health")
     async def health() -> HealthResponse:

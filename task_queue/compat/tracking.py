@@ -346,11 +346,14 @@ class TaskTracker:
         """Take in a snapshot of a tracked task read from the broker, if it is news.
 
         The local view is never behind what this worker has read: a task seen final by
-        `fetch_task_info` reads final through `get_task_info` too. Futures are still
-        settled by the watcher.
+        `fetch_task_info` reads final through `get_task_info` too, and a task whose
+        cancel was requested reads cancelled. Futures are still settled by the watcher.
         """
         record = self._records.get(task.id)
         if record is None or record.info.status.is_final:
+            return
+        if task.cancel_requested and not task.is_final:
+            self.cancelled_now(task.id)  # accepted: it reads cancelled from now on
             return
         if record.running_here and not task.is_final:
             return  # this process's own executor knows better

@@ -616,7 +616,13 @@ class AsyncTaskWorker:
         if task is None:
             return None
         self._tracker.observe(task)
+        local = self._tracker.view(task_id)
+        if local is not None and local.status.is_final and not task.is_final:
+            return local  # a cancel accepted here, or requested elsewhere
         info = TaskInfo.from_task(task)
+        if task.cancel_requested and not task.is_final:
+            info.status = TaskStatus.CANCELLED  # not one of ours: the same rule
+            info.error = "cancelled on request"
         leader_id = self._tracker.follows(task_id)
         if leader_id is None and isinstance(task.payload.get("follows"), str):
             leader_id = task.payload["follows"]
@@ -642,11 +648,17 @@ class AsyncTaskWorker:
 
     async def cancel_task(self, task_id: str) -> bool:
         """Cancel a pending or running task; False when it is unknown or already final
-        (or already being cancelled)."""
+        (or already being cancelled). The task reads cancelled once this returns True."""
         known = self._tracker.view(task_id)
         if known is not None and known.status.is_final:
             return False
         self._reopen()
+        current = await self.service.get_task(task_id)
+        if current is None or current.is_final:
+            return False
+        if current.cancel_requested:
+            self._tracker.observe(current)
+            return False
         try:
             accepted = await self.service.cancel(task_id)
         except TaskNotFoundError:

@@ -191,6 +191,39 @@ async def test_cancel_list_types_and_health(worker_app: tuple[AsyncTaskWorker, A
     assert (await client.get("/health")).json()["running"] is False
 
 
+async def test_delete_reports_cancelled_everywhere_at_once(
+    worker_app: tuple[AsyncTaskWorker, Any],
+) -> None:
+    _, client = worker_app
+    started = asyncio.Event()
+    may_stop = asyncio.Event()
+
+    @task("slow_to_stop")
+    async def slow_to_stop() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await may_stop.wait()  # cleaning up: the broker still says processing
+            raise
+
+    task_id = (await client.post("/tasks", json={"task_type": "slow_to_stop"})).json()["id"]
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    response = await client.delete(f"/tasks/{task_id}")
+    assert response.status_code == 200
+    assert response.json() == {"id": task_id, "cancelled": True, "status": "cancelled"}
+    assert (await client.get(f"/tasks/{task_id}")).json()["status"] == "cancelled"
+    listed = (await client.get("/tasks")).json()
+    assert [(b["id"], b["status"]) for b in listed] == [(task_id, "cancelled")]
+    again = await client.delete(f"/tasks/{task_id}")
+    assert again.status_code == 409
+    assert again.json()["detail"] == f"task {task_id!r} is already cancelled"
+    may_stop.set()
+    await json_when(client, f"/tasks/{task_id}", lambda b: b["status"] == "cancelled")
+    again = await client.delete(f"/tasks/{task_id}")
+    assert again.json()["detail"] == f"task {task_id!r} is already cancelled"
+
+
 async def test_prefix_and_tags(worker_factory: WorkerFactory) -> None:
     worker = await worker_factory(max_workers=1)
     app = FastAPI()
@@ -277,6 +310,47 @@ async def test_service_router_add_read_list_cancel(
     assert health["running"] is True
     assert health["tasks"]["completed"] == 2
     assert health["tasks"]["cancelled"] == 1
+
+
+async def test_service_router_cancels_a_running_task_once(
+    broker_factory: BrokerFactory,
+) -> None:
+    started = asyncio.Event()
+    may_stop = asyncio.Event()
+
+    async def slow_to_stop(task: Task) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await may_stop.wait()
+            raise
+
+    service = TaskQueueService(await broker_factory(), {"slow_to_stop": slow_to_stop})
+    service.start_workers(1)
+    app = FastAPI()
+    app.include_router(create_task_queue_router(service))
+    try:
+        async with client_for(app) as client:
+            task_id = (await client.post("/tasks", json={"name": "slow_to_stop"})).json()["id"]
+            await asyncio.wait_for(started.wait(), TIMEOUT)
+            response = await client.delete(f"/tasks/{task_id}")
+            assert response.json() == {"id": task_id, "cancelled": True, "status": "cancelled"}
+            body = (await client.get(f"/tasks/{task_id}")).json()
+            assert (body["status"], body["cancel_requested"]) == ("processing", True)
+            again = await client.delete(f"/tasks/{task_id}")
+            assert again.status_code == 409
+            assert again.json()["detail"] == f"task {task_id!r} is already cancelled"
+            may_stop.set()
+            body = await json_when(
+                client, f"/tasks/{task_id}", lambda b: b["status"] != "processing"
+            )
+            assert (body["status"], body["cancel_requested"]) == ("cancelled", False)
+            again = await client.delete(f"/tasks/{task_id}")
+            assert again.json()["detail"] == f"task {task_id!r} is already cancelled"
+    finally:
+        may_stop.set()
+        await service.shutdown(grace=0)
 
 
 async def test_service_router_errors(

@@ -272,6 +272,39 @@ async def test_cancel_running_pending_finished_and_unknown(
     assert worker.get_task_info(done).status == "completed"
 
 
+async def test_a_cancel_requested_elsewhere_reads_cancelled_and_is_not_repeated(
+    broker_kind: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory
+) -> None:
+    options: dict[str, Any] = {}
+    if broker_kind != "memory":
+        options["prefix"] = unique_prefix()
+    if broker_kind == "redis-fake":
+        import fakeredis
+
+        options["fake_server"] = fakeredis.FakeServer()
+    brokers = [await broker_factory(**options)]
+    brokers += [brokers[0] if broker_kind == "memory" else await broker_factory(**options)] * 2
+    started = asyncio.Event()
+
+    @task("long_haul")
+    async def long_haul() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    runner = await worker_factory(max_workers=1, broker=brokers[0])
+    producer = await worker_factory(max_workers=0, broker=brokers[1])
+    other = await worker_factory(max_workers=0, broker=brokers[2])
+    await runner.start()
+    task_id = await producer.add_task(long_haul)
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    # The runner stops it on its next heartbeat; until then the broker says processing.
+    assert await producer.cancel_task(task_id) is True
+    assert producer.get_task_info(task_id).status == "cancelled"
+    assert await producer.cancel_task(task_id) is False
+    assert await other.cancel_task(task_id) is False  # already being cancelled
+    assert (await other.fetch_task_info(task_id)).status == "cancelled"
+
+
 async def test_get_all_tasks_filters_sorts_newest_first_then_limits(
     worker: AsyncTaskWorker,
 ) -> None:
