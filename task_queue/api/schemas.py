@@ -158,9 +158,11 @@ class TaskTypesResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    """GET /health: whether workers run here and how many tasks are in each state."""
+    """GET /health: whether workers run here, how many worker slots run (`workers`) and
+    how many of them run a task now (`active`), and how many tasks are in each state."""
 
     status: str
     running: bool
     workers: int
+    active: int
     tasks: dict[str, int]

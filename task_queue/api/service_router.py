@@ -96,7 +96,8 @@ def create_task_queue_router(
 
     @router.get("/health")
     async def health() -> HealthResponse:
-        """Whether worker slots run here, and the broker's task counts (503 if unreachable)."""
+        """Worker slots running here, tasks they run, and the broker's task counts (503
+        if the broker is unreachable)."""
         try:
             counts = await service.broker.count_tasks()
         except Exception as exc:
@@ -106,7 +107,8 @@ def create_task_queue_router(
         return HealthResponse(
             status="ok",
             running=service.running,
-            workers=service.concurrency,
+            workers=service.worker_info().concurrency,  # slots running, not configured
+            active=service.active_count,
             tasks={s.value: n for s, n in counts.items()},
         )
 

@@ -100,7 +100,8 @@ def create_task_worker_router(
 
     @router.get("/health")
     async def health() -> HealthResponse:
-        """Whether the worker runs, and the broker's task counts (503 if unreachable)."""
+        """Whether the worker runs, its slots running and busy, and the broker's task
+        counts (503 if the broker is unreachable)."""
         try:
             counts = await worker.broker.count_tasks()
         except Exception as exc:
@@ -108,8 +109,13 @@ def create_task_worker_router(
                 status.HTTP_503_SERVICE_UNAVAILABLE, f"broker unavailable: {exc}"
             ) from None
         tasks = {TaskStatus.from_core(CoreStatus(s)).value: n for s, n in counts.items()}
+        service = worker.service
         return HealthResponse(
-            status="ok", running=worker.running, workers=worker.max_workers, tasks=tasks
+            status="ok",
+            running=worker.running,
+            workers=service.worker_info().concurrency,  # slots running, not configured
+            active=service.active_count,
+            tasks=tasks,
         )
 
     return router

@@ -183,12 +183,13 @@ async def test_cancel_list_types_and_health(worker_app: tuple[AsyncTaskWorker, A
     health = (await client.get("/health")).json()
     assert health["status"] == "ok"
     assert health["running"] is True
-    assert health["workers"] == 2
+    assert (health["workers"], health["active"]) == (2, 0)
     assert health["tasks"]["completed"] == 3
     assert health["tasks"]["cancelled"] == 1
     assert set(health["tasks"]) == {"pending", "running", "completed", "failed", "cancelled"}
     await worker.stop()
-    assert (await client.get("/health")).json()["running"] is False
+    health = (await client.get("/health")).json()
+    assert (health["running"], health["workers"]) == (False, 0)
 
 
 async def test_delete_reports_cancelled_everywhere_at_once(
@@ -302,12 +303,15 @@ async def test_service_router_add_read_list_cancel(
         )
     ).json()
     await json_when(client, f"/queue/tasks/{waiting['id']}", lambda b: b["status"] == "processing")
+    assert (await client.get("/queue/health")).json()["active"] == 1
     gate.set()
     await json_when(client, f"/queue/tasks/{waiting['id']}", lambda b: b["status"] == "completed")
 
     assert (await client.get("/queue/tasks/types")).json() == {"task_types": ["send_email"]}
     health = (await client.get("/queue/health")).json()
     assert health["running"] is True
+    # The slots started (2), not the service's configured concurrency (10).
+    assert (health["workers"], health["active"]) == (2, 0)
     assert health["tasks"]["completed"] == 2
     assert health["tasks"]["cancelled"] == 1
 
