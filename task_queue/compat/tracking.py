@@ -22,6 +22,7 @@ from ..broker.base import AbstractBroker
 from ..errors import TaskFailedError, TaskNotFoundError
 from ..models import Task, utcnow
 from ..models import TaskStatus as CoreStatus
+from .cancelling import cancel_and_wait
 from .models import TaskInfo, TaskStatus
 
 __all__ = ["TaskTracker"]
@@ -223,9 +224,8 @@ class TaskTracker:
         self._watching = False
         records = [*self._records.values(), *self._adopting.values()]
         watchers = [r.watcher for r in records if r.watcher is not None]
-        for watcher in watchers:
-            watcher.cancel()
-        await asyncio.gather(*watchers, *self._finishing, return_exceptions=True)
+        await cancel_and_wait(watchers)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     def _watch(self, task_id: str, record: _Record, adopt: bool = False) -> None:
         if not self._watching or (record.watcher is not None and not record.watcher.done()):

@@ -30,6 +30,7 @@ from ..service import TaskExecutor, TaskQueueService
 from . import registry
 from .cache import CacheAdapter, MemoryCacheAdapter, check_ttl, make_cache_key
 from .calls import Call, accepts_progress, cache_key_of, check_call
+from .cancelling import cancel_and_wait
 from .flights import PARK_SECONDS, Flights
 from .models import TaskInfo, TaskStatus
 from .progress import ProgressReporter
@@ -185,8 +186,7 @@ class AsyncTaskWorker:
         finally:
             refresher, self._refresher = self._refresher, None
             if refresher is not None:
-                refresher.cancel()
-                await asyncio.gather(refresher, return_exceptions=True)
+                await cancel_and_wait([refresher])
             await self._tracker.stop()
             await self._close_own_broker()
         if started:
