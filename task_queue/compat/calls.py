@@ -1,7 +1,8 @@
 """How a call of a task function is checked and carried in a task's payload.
 
 The payload is `{"args": [...], "kwargs": {...}}`, plus `"cache": {"key", "ttl"}` when the
-result is cached and `"follows": <task id>` for a task waiting for an identical one.
+result is cached and `"follows": [<task id>, ...]` for a task waiting for an identical
+one: the ids of the tasks ahead of it, the leader first.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from typing import Any
 from ..models import Task
 from .registry import TaskFunction
 
-__all__ = ["Call", "accepts_progress", "cache_key_of", "check_call"]
+__all__ = ["Call", "accepts_progress", "cache_key_of", "check_call", "follows_of"]
 
 
 class Call:
     """A compat task's payload, decoded."""
 
-    __slots__ = ("args", "cache_key", "cache_ttl", "kwargs")
+    __slots__ = ("args", "cache_key", "cache_ttl", "follows", "kwargs")
 
     def __init__(self, task: Task) -> None:
         payload = task.payload
@@ -38,6 +39,17 @@ class Call:
             self.cache_key = cache["key"]
             ttl = cache.get("ttl")
             self.cache_ttl = float(ttl) if isinstance(ttl, int | float) else None
+        self.follows: list[str] = follows_of(task)
+
+
+def follows_of(task: Task) -> list[str]:
+    """The ids of the tasks a follower waits for, the leader first; [] for others."""
+    follows = task.payload.get("follows") if isinstance(task.payload, dict) else None
+    if isinstance(follows, str):
+        return [follows]  # written by an earlier version: the leader alone
+    if isinstance(follows, list):
+        return [task_id for task_id in follows if isinstance(task_id, str)]
+    return []
 
 
 def cache_key_of(task: Task) -> str | None:

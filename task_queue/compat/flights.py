@@ -2,15 +2,29 @@
 
 The first task of a cache key is the leader and runs. A task added with the same key
 while the leader is pending or running is a follower: it is stored in the broker (so it
-has its own id, metadata and futures, and nothing is lost if this process dies) but
-parked, due only after a long delay, and takes the leader's outcome the moment the
-leader ends: the same result, or the same error. When the leader is cancelled, the first
-follower is made due at once and leads the others. A parked follower whose producer
-died runs after its delay on its own, and usually finds the result in the cache.
+has its own id, metadata and futures) with the ids of the tasks ahead of it in its
+payload (`"follows"`: the leader first, then earlier followers), and parked: due only
+after a short delay (`PARK_SECONDS`).
+
+The hand-off lives in the broker, not in the producer's memory:
+
+* While the producer that added a follower lives, it hands the leader's outcome to the
+  follower the moment the leader ends: the same result, or the same error. When the
+  leader is cancelled, the first follower leads the others in its place.
+* Whenever a follower is leased, by any worker process, that worker looks at the tasks
+  ahead of it (`await_ahead`): the first one not cancelled decides. Completed: the
+  follower completes with its result. Failed: the follower fails with the same error.
+  Running: the worker waits for it to end, then decides again. Pending (not started),
+  or none left: the follower runs the function itself; it never waits for a task that
+  has not started, as that one may need the very slot the follower holds.
+
+So a follower whose producer went away is settled a few seconds after its leader ends,
+no outcome is handed over twice, and no task runs its function twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -18,16 +32,32 @@ from ..broker.base import AbstractBroker
 from ..errors import TaskNotFoundError, TaskStateError
 from ..models import Task, TaskError
 from ..models import TaskStatus as CoreStatus
+from .calls import cache_key_of
 from .tracking import TaskTracker
 
-__all__ = ["PARK_SECONDS", "Flight", "Flights"]
+__all__ = [
+    "CHAIN_LENGTH",
+    "PARK_SECONDS",
+    "RECHECK_SECONDS",
+    "Flight",
+    "Flights",
+    "ReplayedFailure",
+    "await_ahead",
+    "replay_failure",
+]
 
 logger = logging.getLogger(__name__)
 
-PARK_SECONDS = 3600.0
-"""How long a follower stays parked if nobody hands it the leader's outcome."""
+PARK_SECONDS = 10.0
+"""How long a follower stays parked before any worker may lease it and settle it."""
 
-_UNPARKED = TaskError("Rescheduled", "the identical task it waited for was cancelled")
+RECHECK_SECONDS = 2.0
+"""How often a worker waiting for a running leader looks whether it is still running."""
+
+CHAIN_LENGTH = 4
+"""How many tasks ahead of it (the leader first) a follower records."""
+
+_REPLAY_TYPES_MAX = 256
 
 
 @dataclass(slots=True)
@@ -39,9 +69,13 @@ class Flight:
     followers: list[str] = field(default_factory=list)
     outcome: Task | None = None
 
+    def chain(self) -> list[str]:
+        """The ids a new follower waits for, in order: the leader, then the followers."""
+        return [self.leader, *self.followers][:CHAIN_LENGTH]
+
 
 class Flights:
-    """The flights of one worker, by cache key."""
+    """The flights of one worker, by cache key: the fast hand-off while it lives."""
 
     def __init__(self, broker: AbstractBroker, tracker: TaskTracker) -> None:
         self.broker = broker
@@ -63,7 +97,7 @@ class Flights:
 
     async def abandon(self, flight: Flight) -> None:
         """The leader could not be enqueued: hand the lead on, or end the flight."""
-        await self._promote(flight)
+        self._promote(flight)
 
     async def follow(self, flight: Flight, follower: str) -> None:
         """`follower` (parked in the broker) waits for `flight`'s leader."""
@@ -74,6 +108,8 @@ class Flights:
         # The leader ended while the follower was being stored.
         if flight.outcome is not None:
             await self._hand_outcome(flight.outcome, follower)
+        else:
+            self.tracker.set_follows(follower, None)
 
     async def ended(self, task: Task, key: str) -> bool:
         """React to `task` (of cache key `key`) being final; True when it led a flight."""
@@ -82,10 +118,10 @@ class Flights:
             return False
         if flight.leader != task.id:
             if task.id in flight.followers:
-                flight.followers.remove(task.id)  # cancelled while it waited
+                flight.followers.remove(task.id)  # cancelled (or settled) while it waited
             return False
         if task.status is CoreStatus.CANCELLED:
-            await self._promote(flight)
+            self._promote(flight)
             return True
         del self._by_key[key]
         flight.outcome = task
@@ -93,42 +129,93 @@ class Flights:
             await self._hand_outcome(task, follower)
         return True
 
-    async def _promote(self, flight: Flight) -> None:
-        while flight.followers:
+    def _promote(self, flight: Flight) -> None:
+        """The first follower leads in place of the leader. It runs once its park ends,
+        as a worker that leases it finds no live task ahead of it."""
+        if flight.followers:
             leader = flight.followers.pop(0)
             flight.leader = leader
             self.tracker.set_follows(leader, None)
             for follower in flight.followers:
                 self.tracker.set_follows(follower, leader)
-            if await self._unpark(leader):
-                return
+            return
         if self._by_key.get(flight.key) is flight:
             del self._by_key[flight.key]
 
     async def _hand_outcome(self, leader: Task, follower: str) -> None:
-        if leader.status is CoreStatus.CANCELLED:
-            self.tracker.set_follows(follower, None)
-            await self._unpark(follower)
-            return
         try:
             if leader.status is CoreStatus.COMPLETED:
                 await self.broker.mark_complete(follower, leader.result)
             else:
                 self.tracker.share_exception(follower, leader.id)
-                error = leader.error or TaskError(
-                    "Failed", "the identical task it waited for failed"
-                )
+                error = leader.error or _LEADER_FAILED
                 await self.broker.mark_failed(follower, error)
         except (TaskStateError, TaskNotFoundError):
-            pass  # the follower was cancelled (or has expired) meanwhile
+            pass  # the follower was cancelled, settled by a worker, or has expired
 
-    async def _unpark(self, task_id: str) -> bool:
-        """Make a parked task due now; False when it is no longer pending."""
-        task = await self.broker.get_task(task_id)
-        if task is None or task.status is not CoreStatus.PENDING:
-            return task is not None and task.status is CoreStatus.PROCESSING
-        try:
-            # An administrative retry of a pending task makes it due at once.
-            return await self.broker.mark_failed(task_id, _UNPARKED, retry_in=0.0)
-        except (TaskStateError, TaskNotFoundError):
-            return False
+
+_LEADER_FAILED = TaskError("Failed", "the identical task it waited for failed")
+
+
+async def await_ahead(
+    broker: AbstractBroker, follower: Task, chain: list[str], key: str | None
+) -> Task | None:
+    """Wait for the first live task of `chain` (the ids ahead of `follower`) to end.
+
+    Returns that task once it is completed or failed, or None when the follower must
+    run on its own: every task ahead was cancelled, is gone or is of another cache key,
+    or the first live one is pending (not started). Tasks of another cache key are
+    skipped, so a follower never takes an unrelated task's outcome.
+    """
+    waited: str | None = None
+    while True:
+        ahead: Task | None = None
+        for task_id in chain:
+            task = await broker.get_task(task_id)
+            if task is None or task.status is CoreStatus.CANCELLED:
+                continue
+            if cache_key_of(task) != key:
+                continue
+            ahead = task
+            break
+        if ahead is None or ahead.status is CoreStatus.PENDING:
+            return None
+        if ahead.is_final:
+            return ahead
+        if waited != ahead.id:
+            waited = ahead.id
+            logger.info(
+                "task %s [%s]: waits for the identical task %s, running",
+                follower.id,
+                follower.name,
+                ahead.id,
+                extra={"task_id": follower.id, "task_name": follower.name},
+            )
+        # Then look again: it may have ended, been handed back, or have expired.
+        with contextlib.suppress(TimeoutError, TaskNotFoundError):
+            await broker.wait_for(ahead.id, timeout=RECHECK_SECONDS)
+
+
+class ReplayedFailure(Exception):
+    """The failure of the identical task a follower waited for, as the follower's own.
+
+    `replay_failure` makes a subclass named like the original exception type, so the
+    follower's stored error has the same type and message as the leader's.
+    """
+
+
+_replay_types: dict[str, type[ReplayedFailure]] = {}
+
+
+def replay_failure(error: TaskError | None) -> ReplayedFailure:
+    """An exception that a task stores as `error` (its type name and message)."""
+    error = error or _LEADER_FAILED
+    cls = _replay_types.get(error.type)
+    if cls is None:
+        bases: tuple[type, ...] = (ReplayedFailure,)
+        if error.type == "TimeoutError":
+            bases = (ReplayedFailure, TimeoutError)  # still caught as a timeout
+        cls = type(error.type, bases, {"__module__": __name__, "__doc__": ReplayedFailure.__doc__})
+        if len(_replay_types) < _REPLAY_TYPES_MAX:
+            _replay_types[error.type] = cls
+    return cls(error.message)

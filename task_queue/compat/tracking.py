@@ -160,6 +160,11 @@ class TaskTracker:
         record = self._records.get(task_id)
         return record is not None and record.ran_here
 
+    def exception_of(self, task_id: str) -> BaseException | None:
+        """The exception the task's function raised in this process, if it did."""
+        record = self._records.get(task_id)
+        return None if record is None else record.exception
+
     def share_exception(self, task_id: str, source_id: str) -> None:
         """Make `task_id`'s future raise the same exception object as `source_id`'s."""
         source = self._records.get(source_id)

@@ -29,9 +29,9 @@ from ..retry import RetryPolicy
 from ..service import TaskExecutor, TaskQueueService
 from . import registry
 from .cache import CacheAdapter, MemoryCacheAdapter, check_ttl, make_cache_key
-from .calls import Call, accepts_progress, cache_key_of, check_call
+from .calls import Call, accepts_progress, cache_key_of, check_call, follows_of
 from .cancelling import cancel_and_wait
-from .flights import PARK_SECONDS, Flights
+from .flights import PARK_SECONDS, Flights, await_ahead, replay_failure
 from .models import TaskInfo, TaskStatus
 from .progress import ProgressReporter
 from .registry import TaskFunction, get_task_function, get_task_type, is_async_callable
@@ -68,7 +68,9 @@ class AsyncTaskWorker:
     task with `cache_enabled`, or per task with `use_cache=True`; entries live
     `cache_ttl` seconds (None: no expiry) in `cache_adapter`, by default an in-memory LRU
     of `cache_max_size` entries. `broker` holds the tasks (default: see
-    `set_default_broker`, else a new `InMemoryBroker`).
+    `set_default_broker`, else a new `InMemoryBroker`). `follower_park` (an attribute)
+    is how long a task waiting for an identical one is parked before any worker may
+    settle it (see `task_queue.compat.flights`).
     """
 
     def __init__(
@@ -125,6 +127,9 @@ class AsyncTaskWorker:
             self.broker, self._on_final, retention, on_gone=self._forget_local
         )
         self._flights = Flights(self.broker, self._tracker)
+        self.follower_park = PARK_SECONDS
+        """Seconds a task waiting for an identical one is parked before any worker may
+        settle it (see task_queue.compat.flights)."""
         # Unregistered module-level functions by name, and the functions of unfinished
         # tasks whose function has no stable name (closures...), by task id.
         self._implicit: dict[str, TaskFunction] = {}
@@ -338,6 +343,24 @@ class AsyncTaskWorker:
                     extra=_log_extra(task),
                 )
                 return value
+        if call.follows:
+            ahead = await await_ahead(self.broker, task, call.follows, call.cache_key)
+            if ahead is not None and ahead.status is CoreStatus.COMPLETED:
+                logger.info(
+                    "task %s [%s]: takes the result of the identical task %s",
+                    task.id,
+                    task.name,
+                    ahead.id,
+                    extra=_log_extra(task),
+                )
+                value = normalize(ahead.result, "result")
+                if call.cache_key is not None:
+                    await self._cache_set(call.cache_key, value, call.cache_ttl, task)
+                return value
+            if ahead is not None:
+                # Failed: fail the same way (with the very exception, when it was raised
+                # here).
+                raise self._tracker.exception_of(ahead.id) or replay_failure(ahead.error)
         kwargs = dict(call.kwargs)
         reporter: ProgressReporter | None = None
         if accepts_progress(func):
@@ -517,7 +540,7 @@ class AsyncTaskWorker:
                 return await self._add_from_cache(task_type, payload, value, options)
         flight = self._flights.current(key)
         if flight is not None:
-            payload["follows"] = flight.leader
+            payload["follows"] = flight.chain()
             parked = await self._add_parked(task_type, payload, options)
             if parked is None:
                 return str(task_id)
@@ -546,10 +569,11 @@ class AsyncTaskWorker:
     async def _add_parked(
         self, task_type: str, payload: dict[str, Any], options: dict[str, Any]
     ) -> Task | None:
-        """Store a task that will not run by itself for a long while; None if it existed."""
+        """Store a task that no worker leases for `follower_park` seconds; None if it
+        existed."""
         before = utcnow()
         stored = await self.service.add_task(
-            task_type, payload, delay_seconds=PARK_SECONDS, **options
+            task_type, payload, delay_seconds=self.follower_park, **options
         )
         if options["task_id"] is not None and stored.created_at < before:
             self._tracker.track(stored)
@@ -623,15 +647,19 @@ class AsyncTaskWorker:
         if task.cancel_requested and not task.is_final:
             info.status = TaskStatus.CANCELLED  # not one of ours: the same rule
             info.error = "cancelled on request"
-        leader_id = self._tracker.follows(task_id)
-        if leader_id is None and isinstance(task.payload.get("follows"), str):
-            leader_id = task.payload["follows"]
-        if leader_id and not info.status.is_final:
+        if info.status.is_final:
+            return info
+        known = self._tracker.follows(task_id)
+        for leader_id in [known] if known else follows_of(task):
             leader = await self.service.get_task(leader_id)
-            if leader is not None and not leader.is_final:
+            if leader is None or leader.status is CoreStatus.CANCELLED:
+                continue  # the next one ahead leads in its place
+            if not leader.is_final:
+                # A task waiting for an identical one shows that one's progress.
                 info.status = TaskStatus.from_core(leader.status)
                 info.started_at = leader.started_at
                 info.progress = leader.progress
+            break
         return info
 
     def get_task_future(self, task_id: str) -> asyncio.Future[Any]:

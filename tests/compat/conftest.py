@@ -58,6 +58,27 @@ async def worker(worker_factory: WorkerFactory) -> AsyncTaskWorker:
     return started
 
 
+SharedBrokers = Callable[[int], Awaitable[list[AbstractBroker]]]
+
+
+@pytest.fixture
+def shared_brokers(broker_kind: str, broker_factory: BrokerFactory) -> SharedBrokers:
+    """`await shared_brokers(n)`: n brokers of the current kind on one store, as n
+    processes would each have (the in-memory kind can only share one instance)."""
+
+    async def make(count: int) -> list[AbstractBroker]:
+        if broker_kind == "memory":
+            return [await broker_factory()] * count
+        options: dict[str, Any] = {"prefix": unique_prefix()}
+        if broker_kind == "redis-fake":
+            import fakeredis
+
+            options["fake_server"] = fakeredis.FakeServer()
+        return [await broker_factory(**options) for _ in range(count)]
+
+    return make
+
+
 class DefaultBrokers:
     """Brokers made for workers built without `broker=`; cleaned up after the test."""
 

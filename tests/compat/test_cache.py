@@ -21,7 +21,8 @@ from task_queue.compat import (
     task,
 )
 from task_queue.models import TaskStatus as CoreStatus
-from tests.compat.conftest import TIMEOUT, WorkerFactory, wait_until
+from task_queue.models import utcnow
+from tests.compat.conftest import TIMEOUT, SharedBrokers, WorkerFactory, wait_until
 from tests.conftest import REDIS_URL, require_real_redis, unique_prefix
 
 
@@ -418,6 +419,7 @@ async def test_when_the_leader_is_cancelled_a_follower_takes_over(
     worker_factory: WorkerFactory,
 ) -> None:
     worker = await worker_factory(max_workers=2, cache_enabled=True)
+    worker.follower_park = 0.2  # the follower taking over runs when its park ends
     await worker.start()
     release = asyncio.Event()
     calls: list[str] = []
@@ -444,6 +446,163 @@ async def test_when_the_leader_is_cancelled_a_follower_takes_over(
         await result_of(worker, leader)
     with pytest.raises(asyncio.CancelledError):
         await result_of(worker, cancelled_follower)
+
+
+class NoCache(CacheAdapter):
+    """A cache that never holds anything: followers must get their outcome elsewhere."""
+
+    async def get(self, key: str) -> tuple[bool, Any]:
+        return False, None
+
+    async def set(self, key: str, value: Any, ttl: int | None = None) -> None:
+        pass
+
+    async def delete(self, key: str) -> bool:
+        return False
+
+    async def clear(self) -> None:
+        pass
+
+
+async def vanish(producer: AsyncTaskWorker) -> None:
+    """The producer's process goes away: nothing it kept in memory acts any more."""
+    await producer._tracker.stop()
+
+
+async def producer_and_runner(
+    shared_brokers: SharedBrokers, worker_factory: WorkerFactory, slots: int
+) -> tuple[AsyncTaskWorker, AsyncTaskWorker]:
+    """A producer-only worker with a short follower park, and a worker that runs tasks
+    (in another process, as far as the producer can tell)."""
+    producer_broker, runner_broker = await shared_brokers(2)
+    producer = await worker_factory(max_workers=0, cache_enabled=True, broker=producer_broker)
+    producer.follower_park = 0.05
+    runner = await worker_factory(
+        max_workers=slots, cache_enabled=True, cache_adapter=NoCache(), broker=runner_broker
+    )
+    await runner.start()
+    return producer, runner
+
+
+async def test_followers_of_a_vanished_producer_take_the_leaders_result(
+    shared_brokers: SharedBrokers, worker_factory: WorkerFactory
+) -> None:
+    producer, runner = await producer_and_runner(shared_brokers, worker_factory, slots=3)
+    gate = asyncio.Event()
+    calls: list[int] = []
+
+    @task("costly")
+    async def costly(x: int) -> dict[str, int]:
+        calls.append(x)
+        await gate.wait()
+        return {"value": x + 1}
+
+    leader = await producer.add_task(costly, 1)
+    await wait_until(lambda: calls == [1], "the leader runs")
+    followers = [await producer.add_task(costly, 1) for _ in range(2)]
+    assert (await producer.fetch_task_info(followers[0])).status == "running"  # as the leader
+    await vanish(producer)
+    gate.set()
+    # The runner settles the followers from the broker: nobody hands them the outcome.
+    results = await asyncio.wait_for(
+        asyncio.gather(*runner.get_task_futures([leader, *followers])), TIMEOUT
+    )
+    assert results == [{"value": 2}] * 3
+    assert calls == [1]
+    for follower in followers:
+        assert (await runner.broker.get_task(follower)).status is CoreStatus.COMPLETED
+
+
+async def test_followers_of_a_vanished_producer_fail_like_the_leader(
+    shared_brokers: SharedBrokers, worker_factory: WorkerFactory
+) -> None:
+    producer, runner = await producer_and_runner(shared_brokers, worker_factory, slots=2)
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    @task("lookup_row")
+    async def lookup_row(row: str) -> None:
+        calls.append(row)
+        await gate.wait()
+        raise LookupError(f"no such row: {row}")
+
+    leader = await producer.add_task(lookup_row, "r1")
+    await wait_until(lambda: calls == ["r1"], "the leader runs")
+    follower = await producer.add_task(lookup_row, "r1")
+    await vanish(producer)
+    gate.set()
+    with pytest.raises(TaskFailedError, match="LookupError: no such row: r1"):
+        await asyncio.wait_for(runner.get_task_future(follower), TIMEOUT)
+    stored = await runner.broker.get_task(follower)
+    assert stored.status is CoreStatus.FAILED
+    assert (stored.error.type, stored.error.message) == ("LookupError", "no such row: r1")
+    assert (await runner.broker.get_task(leader)).error.message == stored.error.message
+    assert calls == ["r1"]
+
+
+async def test_after_a_cancelled_leader_one_follower_runs_for_the_others(
+    shared_brokers: SharedBrokers, worker_factory: WorkerFactory
+) -> None:
+    producer, runner = await producer_and_runner(shared_brokers, worker_factory, slots=3)
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    @task("render")
+    async def render(page: str) -> str:
+        calls.append(page)
+        await gate.wait()
+        return f"<{page}>"
+
+    leader = await producer.add_task(render, "home")
+    await wait_until(lambda: calls == ["home"], "the leader runs")
+    first = await producer.add_task(render, "home")
+    second = await producer.add_task(render, "home")
+    await vanish(producer)
+    assert await runner.cancel_task(leader) is True
+    # The first follower finds no live task ahead and runs; the second waits for it.
+    await wait_until(lambda: calls == ["home", "home"], "the first follower runs")
+    gate.set()
+    results = await asyncio.wait_for(
+        asyncio.gather(*runner.get_task_futures([first, second])), TIMEOUT
+    )
+    assert results == ["<home>", "<home>"]
+    assert calls == ["home", "home"]
+
+
+async def test_a_follower_never_waits_for_a_leader_that_has_not_started(
+    shared_brokers: SharedBrokers, worker_factory: WorkerFactory
+) -> None:
+    """With one slot, waiting for a pending leader would hold the slot it needs."""
+    brokers = await shared_brokers(2)
+    worker = await worker_factory(max_workers=1, cache_enabled=True, broker=brokers[0])
+    worker.follower_park = 0.05
+    await worker.start()
+    observer = await worker_factory(max_workers=0, broker=brokers[1])
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    @task("hold_slot")
+    async def hold_slot() -> None:
+        await release.wait()
+
+    @task("compute")
+    async def compute(x: int) -> int:
+        calls.append(x)
+        return x * 100
+
+    blocker = await worker.add_task(hold_slot)
+    await wait_until(lambda: worker.get_task_info(blocker).status == "running", "blocked")
+    leader = await worker.add_task(compute, 3)
+    follower = await worker.add_task(compute, 3, priority=-1)  # leased before the leader
+    await vanish(worker)  # no hand-off from memory either
+    parked_until = (await worker.broker.get_task(follower)).scheduled_at
+    await wait_until(lambda: utcnow() > parked_until, "the follower's park ends")
+    release.set()
+    results = await asyncio.wait_for(
+        asyncio.gather(*observer.get_task_futures([follower, leader])), TIMEOUT
+    )
+    assert results == [300, 300]
+    assert calls == [3]  # the follower ran it; the leader then found it in the cache
 
 
 async def test_a_failed_task_in_another_process_raises_task_failed_error(

@@ -107,3 +107,50 @@ async def test_a_worker_process_runs_tasks_by_registered_name(
     finally:
         await producer.stop()
         await broker.close()
+
+
+PRODUCER = """
+import asyncio, os
+from task_queue.broker.redis import RedisBroker
+from task_queue.compat import AsyncTaskWorker
+from tests.apps import compat_tasks
+
+async def main():
+    broker = RedisBroker.from_url(compat_tasks.URL, prefix=compat_tasks.PREFIX)
+    worker = AsyncTaskWorker(max_workers=0, cache_enabled=True, broker=broker)
+    worker.follower_park = 0.2
+    leader = await worker.add_task(compat_tasks.double, 150)
+    follower = await worker.add_task(compat_tasks.double, 150)  # identical: waits
+    print(leader, follower, flush=True)
+    os._exit(0)  # the producer's process goes away without a word
+
+asyncio.run(main())
+"""
+
+
+async def test_a_follower_is_settled_when_its_producer_process_is_gone(
+    worker_process: tuple[str, Redis],
+) -> None:
+    prefix, client = worker_process
+    env = dict(os.environ, TQ_TEST_REDIS_URL=REDIS_URL, TQ_TEST_PREFIX=prefix)
+    env["PYTHONPATH"] = str(REPO)
+    producer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PRODUCER, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await asyncio.wait_for(producer.communicate(), TIMEOUT)
+    assert producer.returncode == 0
+    leader, follower = output.decode().split()
+    await client.rpush(f"{prefix}:gate", "go")
+    broker = RedisBroker.from_url(REDIS_URL, prefix=prefix)
+    observer = AsyncTaskWorker(max_workers=0, broker=broker)
+    await observer.start()
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*observer.get_task_futures([leader, follower])), TIMEOUT
+        )
+        assert results[0]["doubled"] == 300
+        assert results[1] == results[0]  # the worker process handed it over
+        assert await client.hget(f"{prefix}:compat-runs", "compat_double") == "1"
+    finally:
+        await observer.stop()
+        await broker.close()
