@@ -30,6 +30,7 @@ __all__ = ["TaskTracker"]
 logger = logging.getLogger(__name__)
 
 _REFRESH_LIMIT = 1000
+_READ_EACH_MAX = 32  # up to this many tasks to refresh are read one by one
 _PRUNE_EVERY = 1024
 _RETRY_CAP = 5.0
 
@@ -327,14 +328,18 @@ class TaskTracker:
         ]
         if not candidates:
             return
-        running = {
-            t.id: t
-            for t in await self.broker.list_tasks(CoreStatus.PROCESSING, limit=_REFRESH_LIMIT)
-        }
+        running: dict[str, Task] = {}
+        listed_all = False
+        if len(candidates) > _READ_EACH_MAX:
+            # Many of ours: one call for every running task of the queue, unless there
+            # are more of those than one call returns.
+            listed = await self.broker.list_tasks(CoreStatus.PROCESSING, limit=_REFRESH_LIMIT)
+            running = {t.id: t for t in listed}
+            listed_all = len(listed) < _REFRESH_LIMIT
         for record in candidates:
             task: Task | None = running.get(record.info.id)
-            if task is None and record.info.status is TaskStatus.RUNNING:
-                task = await self.broker.get_task(record.info.id)  # handed back, or just ended
+            if task is None and (not listed_all or record.info.status is TaskStatus.RUNNING):
+                task = await self.broker.get_task(record.info.id)  # or handed back, or ended
             if task is not None and not task.is_final:
                 self.observe(task)  # a final state is the watcher's to record
 

@@ -16,9 +16,16 @@ from task_queue.compat import (
     TaskStatus,
     register_task,
     task,
+    tracking,
 )
 from task_queue.models import TaskStatus as CoreStatus
-from tests.compat.conftest import TIMEOUT, DefaultBrokers, WorkerFactory, wait_until
+from tests.compat.conftest import (
+    TIMEOUT,
+    DefaultBrokers,
+    SharedBrokers,
+    WorkerFactory,
+    wait_until,
+)
 from tests.conftest import BrokerFactory, unique_prefix
 
 
@@ -575,6 +582,45 @@ async def test_tasks_run_by_another_worker_on_the_same_broker(
     gate.set()
     assert await result_of(producer, task_id) == 42
     assert producer.get_task_info(task_id).status == "completed"
+
+
+@pytest.mark.parametrize("read_each_max", [32, 0])
+async def test_the_view_follows_tasks_run_elsewhere_however_many_run(
+    shared_brokers: SharedBrokers,
+    worker_factory: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    read_each_max: int,
+) -> None:
+    """More tasks running in the queue than one listing returns (2 here, 1000 really)."""
+    monkeypatch.setattr(tracking, "_REFRESH_LIMIT", 2)
+    monkeypatch.setattr(tracking, "_READ_EACH_MAX", read_each_max, raising=False)
+    producer_broker, runner_broker = await shared_brokers(2)
+    producer = await worker_factory(
+        max_workers=0, broker=producer_broker, worker_poll_interval=0.02
+    )
+    runner = await worker_factory(max_workers=5, broker=runner_broker)
+    gate = asyncio.Event()
+
+    @task("gated")
+    async def gated(n: int) -> int:
+        await gate.wait()
+        return n
+
+    await producer.start()
+    await runner.start()
+    ids = [await producer.add_task(gated, n) for n in range(5)]
+    await wait_until(
+        lambda: all(producer.get_task_info(i).status == "running" for i in ids),
+        "all five read running",
+    )
+    gate.set()
+    assert await asyncio.wait_for(asyncio.gather(*producer.get_task_futures(ids)), TIMEOUT) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
 
 
 async def test_worker_options_are_checked() -> None:
