@@ -561,10 +561,18 @@ class AsyncTaskWorker:
         return stored.id
 
     def _caching(self, use_cache: bool | None) -> bool:
-        """Whether a task added with `use_cache` has its result cached."""
-        if use_cache is not None and not isinstance(use_cache, bool):
-            raise TypeError(f"use_cache must be True, False or None, got {use_cache!r}")
-        return self.cache_enabled if use_cache is None else use_cache
+        """Whether a task added with `use_cache` has its result cached.
+
+        Besides True, False and None (the worker's setting), 1 and 0 are taken for
+        True and False, as async-task-worker's truth test takes them.
+        """
+        if use_cache is None:
+            return self.cache_enabled
+        if isinstance(use_cache, bool):
+            return use_cache
+        if type(use_cache) is int and use_cache in (0, 1):
+            return bool(use_cache)
+        raise TypeError(f"use_cache must be True, False or None, got {use_cache!r}")
 
     async def _add_parked(
         self, task_type: str, payload: dict[str, Any], options: dict[str, Any]

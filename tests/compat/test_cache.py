@@ -279,6 +279,13 @@ async def test_use_cache_and_cache_ttl_override_the_worker_in_both_directions(
     assert await result_of(off, await off.add_task(tag, "c", use_cache=True)) == "C"
     assert await result_of(off, await off.add_task(tag, "c", use_cache=True)) == "C"
     assert calls == ["c", "c", "c"]
+    assert await result_of(off, await off.add_task(tag, "c", use_cache=1)) == "C"
+    assert calls == ["c", "c", "c"]  # 1 reads as True
+    assert await result_of(off, await off.add_task(tag, "c", use_cache=0)) == "C"
+    assert calls == ["c", "c", "c", "c"]  # and 0 as False
+    for wrong in ("yes", 2, 1.0):
+        with pytest.raises(TypeError, match=r"use_cache must be True, False or None, got"):
+            await off.add_task(tag, "c", use_cache=wrong)  # type: ignore[arg-type]
 
 
 async def test_invalidate_and_clear(worker_factory: WorkerFactory) -> None:
