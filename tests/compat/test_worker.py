@@ -26,7 +26,7 @@ from tests.compat.conftest import (
     WorkerFactory,
     wait_until,
 )
-from tests.conftest import BrokerFactory, unique_prefix
+from tests.conftest import BrokerFactory
 
 
 async def result_of(worker: AsyncTaskWorker, task_id: str) -> Any:
@@ -280,17 +280,9 @@ async def test_cancel_running_pending_finished_and_unknown(
 
 
 async def test_a_cancel_requested_elsewhere_reads_cancelled_and_is_not_repeated(
-    broker_kind: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory
+    shared_brokers: SharedBrokers, worker_factory: WorkerFactory
 ) -> None:
-    options: dict[str, Any] = {}
-    if broker_kind != "memory":
-        options["prefix"] = unique_prefix()
-    if broker_kind == "redis-fake":
-        import fakeredis
-
-        options["fake_server"] = fakeredis.FakeServer()
-    brokers = [await broker_factory(**options)]
-    brokers += [brokers[0] if broker_kind == "memory" else await broker_factory(**options)] * 2
+    brokers = await shared_brokers(3)
     started = asyncio.Event()
 
     @task("long_haul")
@@ -447,18 +439,10 @@ async def test_closures_are_never_cached_under_a_shared_name(
 
 
 async def test_a_closure_runs_only_in_the_process_that_added_it(
-    broker_kind: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory
+    shared_brokers: SharedBrokers, worker_factory: WorkerFactory
 ) -> None:
     """Another worker with a closure of the same code must not run its own in its place."""
-    options: dict[str, Any] = {}
-    if broker_kind != "memory":
-        options["prefix"] = unique_prefix()
-    if broker_kind == "redis-fake":
-        import fakeredis
-
-        options["fake_server"] = fakeredis.FakeServer()
-    producer_broker = await broker_factory(**options)
-    runner_broker = producer_broker if broker_kind == "memory" else await broker_factory(**options)
+    producer_broker, runner_broker = await shared_brokers(2)
     producer = await worker_factory(max_workers=0, broker=producer_broker)
     runner = await worker_factory(max_workers=1, broker=runner_broker)
     await producer.start()
@@ -542,20 +526,10 @@ async def test_stop_hands_running_tasks_back_and_start_runs_them(
 
 
 async def test_tasks_run_by_another_worker_on_the_same_broker(
-    broker_kind: str, broker_factory: BrokerFactory, worker_factory: WorkerFactory
+    shared_brokers: SharedBrokers, worker_factory: WorkerFactory
 ) -> None:
     """A producer-only worker adds; a worker with slots finds the function by name."""
-    options: dict[str, Any] = {}
-    if broker_kind != "memory":
-        options["prefix"] = unique_prefix()
-    if broker_kind == "redis-fake":
-        import fakeredis
-
-        options["fake_server"] = fakeredis.FakeServer()
-    producer_broker = await broker_factory(**options)
-    consumer_broker = (
-        producer_broker if broker_kind == "memory" else await broker_factory(**options)
-    )
+    producer_broker, consumer_broker = await shared_brokers(2)
     gate = asyncio.Event()
 
     @task("remote_step")
