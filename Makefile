@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit chaos bench-memory bench-redis clean
+.PHONY: demo test lint typecheck unit chaos bench bench-peers bench-memory bench-redis clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,11 +43,28 @@ chaos: $(VENV)/.dev
 		$(PY) -m pytest -q -m chaos tests/chaos $(PYTEST_ARGS); status=$$?; \
 		$(PY) -m tests.chaos.report $(CHAOS_RESULTS); exit $$status
 
-bench-memory: $(VENV)/.core
-	$(PY) benchmarks/memory.py
+# Each peer gets its own virtualenv (their Redis clients conflict), rebuilt when its pinned
+# requirements change; matplotlib lives in the "chart" one, never in the package's.
+PEERS_DIR := benchmarks/.venv-peers
+PEER_ENVS := arq saq taskiq streaq async_task_worker chart
 
-bench-redis: $(VENV)/.dev
-	$(PY) benchmarks/redis.py
+$(PEERS_DIR)/%/.installed: benchmarks/peers/%.txt
+	rm -rf $(PEERS_DIR)/$*
+	$(PYTHON) -m venv $(PEERS_DIR)/$*
+	$(PEERS_DIR)/$*/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+bench-peers: $(foreach env,$(PEER_ENVS),$(PEERS_DIR)/$(env)/.installed)
+
+bench: $(VENV)/.dev  ## task_queue side by side with its peers; BENCH_ARGS=--quick for a check
+	$(MAKE) --no-print-directory -j6 bench-peers
+	$(PY) benchmarks/harness.py --save --chart $(BENCH_ARGS)
+
+bench-redis: $(VENV)/.dev  ## task_queue alone on Redis, against its targets
+	$(PY) benchmarks/harness.py --libs task_queue --sections redis,scaling,rss $(BENCH_ARGS)
+
+bench-memory: $(VENV)/.core  ## InMemoryBroker against a plain asyncio.PriorityQueue
+	$(PY) benchmarks/harness.py --libs task_queue-memory,priority-queue --sections memory $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .chaos
+	rm -rf $(VENV) $(PEERS_DIR) .mypy_cache .pytest_cache .ruff_cache .chaos
