@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 try:
-    from .resp import FastConnection
+    from .resp import FastConnection, Prefix
 except ImportError:  # pragma: no cover - hiredis missing: redis-py does all the work
     FastConnection = None  # type: ignore[assignment,misc]
 
@@ -320,6 +320,7 @@ class RedisBroker(AbstractBroker):
                 for name in _OPS_SCRIPTS
             }
         )
+        self._prefixes: dict[str, tuple[str, Prefix]] = {}
         self._checked = False
         self._outage_logged = False
         self._wake_task: asyncio.Task[Any] | None = None
@@ -433,23 +434,31 @@ class RedisBroker(AbstractBroker):
                 policy_value,
             )
 
+    def _prefix(self, name: str) -> Prefix:
+        """EVALSHA, the script's SHA, the keys and the common arguments, packed once."""
+        sha = self._shas[name]
+        cached = self._prefixes.get(name)
+        if cached is None or cached[0] != sha:
+            packed = Prefix("EVALSHA", sha, len(self._keys), *self._keys, *self._common)
+            cached = self._prefixes[name] = (sha, packed)
+        return cached[1]
+
     async def _script(self, name: str, *args: Any) -> Any:
         await self._ensure_checked()
-        argv = [*self._common, *args]
-
         fast = self._fast
         if fast is not None:
-            command = ("EVALSHA", self._shas[name], len(self._keys), *self._keys, *argv)
 
             async def run_fast() -> Any:
                 try:
-                    return await fast.execute(*command)
+                    return await fast.execute_prefixed(self._prefix(name), args)
                 except redis_errors.NoScriptError:
                     sha = await fast.execute("SCRIPT", "LOAD", self._sources[name])
                     self._shas[name] = _text(sha)
-                    return await fast.execute("EVALSHA", sha, *command[2:])
+                    return await fast.execute_prefixed(self._prefix(name), args)
 
             return await self._retrying(run_fast, name)
+
+        argv = [*self._common, *args]
 
         async def run() -> Any:
             try:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 from redis import exceptions as redis_errors
 
-__all__ = ["FastConnection"]
+__all__ = ["FastConnection", "Prefix", "pack"]
 
 
 def _encode(arg: Any) -> bytes:
@@ -34,13 +35,40 @@ def _encode(arg: Any) -> bytes:
     raise redis_errors.DataError(f"cannot send an argument of type {type(arg).__name__}")
 
 
-def pack(args: tuple[Any, ...]) -> bytes:
-    """Encode one command in RESP."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
+def _bulk(arg: Any) -> bytes:
+    # Exact type checks first: the common argument types skip _encode's isinstance chain.
+    kind = type(arg)
+    if kind is str:
+        data = arg.encode()
+    elif kind is bytes:
+        data = arg
+    elif kind is int:
+        data = b"%d" % arg
+    else:
         data = _encode(arg)
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+class Prefix:
+    """The first arguments of a command, packed once for commands that repeat them.
+
+    A script call sends the same EVALSHA, SHA, keys and fixed arguments every time; only
+    the arguments after them change.
+    """
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, *args: Any) -> None:
+        self.count = len(args)
+        self.data = b"".join([_bulk(arg) for arg in args])
+
+
+def pack(args: Sequence[Any], prefix: Prefix | None = None) -> bytes:
+    """Encode one command in RESP: the `prefix` arguments (if any), then `args`."""
+    body = b"".join([_bulk(arg) for arg in args])
+    if prefix is None:
+        return b"*%d\r\n%b" % (len(args), body)
+    return b"*%d\r\n%b%b" % (prefix.count + len(args), prefix.data, body)
 
 
 def _error(message: str) -> redis_errors.RedisError:
@@ -158,11 +186,13 @@ class FastConnection:
             raise
         return protocol
 
-    def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+    def _send(
+        self, protocol: _Protocol, args: Sequence[Any], prefix: Prefix | None = None
+    ) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if protocol.transport is None:  # pragma: no cover - connect() returns it connected
             raise redis_errors.ConnectionError("not connected to Redis")
-        protocol.transport.write(pack(args))
+        protocol.transport.write(pack(args, prefix))
         protocol.waiting.append(future)
         return future
 
@@ -172,6 +202,25 @@ class FastConnection:
         if protocol is None or protocol.lost is not None:
             protocol = await self._reconnect()
         return await self._send(protocol, args)
+
+    async def execute_prefixed(self, prefix: Prefix, args: Sequence[Any]) -> Any:
+        """Like `execute`, for the command made of `prefix`'s arguments and then `args`."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._reconnect()
+        return await self._send(protocol, args, prefix)
+
+    def send_now(self, prefix: Prefix, args: Sequence[Any]) -> asyncio.Future[Any] | None:
+        """Write the command at once and return the future of its reply.
+
+        Returns None when the connection is not open (the caller then uses
+        `execute_prefixed`, which connects). Commands sent one after another this way
+        reach the server in that order without the caller giving up the event loop.
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            return None
+        return self._send(protocol, args, prefix)
 
     async def _reconnect(self) -> _Protocol:
         if self._connecting is None:
