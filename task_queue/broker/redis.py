@@ -224,6 +224,20 @@ def _logs(text: str) -> list[dict[str, Any]]:
     return [loads(line) for line in text.split("\n")] if text else []
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _json_view(value: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `value` as it reads back from JSON (already encoded once, so it can be).
+
+    A flat object of plain values reads back as it is; anything else takes a round trip.
+    """
+    for key, item in value.items():
+        if type(key) is not str or type(item) not in _PLAIN:
+            return loads(dumps(value))  # type: ignore[no-any-return]
+    return dict(value)
+
+
 def _ms_to_dt(value: str | None) -> datetime | None:
     if value is None or value == "":
         return None
@@ -633,14 +647,13 @@ class RedisBroker(AbstractBroker):
                 )
             flags += reply
         stored: list[Task] = []
-        for task, data, flag in zip(tasks, encoded, flags, strict=True):
+        for task, flag in zip(tasks, flags, strict=True):
             if int(flag) == 1:
-                # What the store holds, read back: JSON's view of payload and metadata.
-                static = loads(data)
+                # What the store holds, as it reads back: JSON's view of the payload.
                 stored.append(
                     Task(
                         task.name,
-                        static["payload"],
+                        _json_view(task.payload),
                         task.priority,
                         task.id,
                         task.scheduled_at,
@@ -649,9 +662,9 @@ class RedisBroker(AbstractBroker):
                         0,
                         task.max_retries,
                         task.timeout,
-                        metadata=static["metadata"],
+                        metadata=_json_view(task.metadata),
                         depends_on=list(task.depends_on),
-                        context=static.get("context") or {},
+                        context=_json_view(task.context) if task.context else {},
                     )
                 )
                 continue

@@ -179,10 +179,12 @@ async def test_enqueue_many_stores_nothing_when_one_is_bad(broker: AbstractBroke
 
 
 async def test_payload_reads_back_as_json(broker: AbstractBroker) -> None:
-    task = make(payload={"t": (1, 2), "n": None, "u": "é"})
-    await broker.enqueue(task)
+    task = make(payload={"t": (1, 2), "n": None, "u": "é", 7: 1.5}, metadata={"m": (3,)})
+    expected = {"t": [1, 2], "n": None, "u": "é", "7": 1.5}
+    stored = await broker.enqueue(task)
+    assert stored.payload == expected and stored.metadata == {"m": [3]}
     got = await broker.dequeue()
-    assert got is not None and got.payload == {"t": [1, 2], "n": None, "u": "é"}
+    assert got is not None and got.payload == expected
 
 
 async def test_odd_task_ids_are_kept_verbatim(broker: AbstractBroker) -> None:
