@@ -188,6 +188,27 @@ async def test_delayed_task_is_handed_out_when_due(broker: RedisBroker) -> None:
 
 
 @REDIS_KINDS
+async def test_delays_count_from_when_the_batch_is_sent(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Encoding a large batch takes a while; its tasks must still come due when asked,
+    # not that much later. Here encoding takes 0.6 s in all.
+    encode = RedisBroker._static
+
+    def slow_encode(task: Task) -> str:
+        time.sleep(0.001)
+        return encode(task)
+
+    monkeypatch.setattr(RedisBroker, "_static", staticmethod(slow_encode))
+    due = datetime.fromtimestamp(time.time() + 30, UTC)
+    tasks = [Task("job", scheduled_at=due) for _ in range(600)]
+    await broker.enqueue_many(tasks)
+    stored = await broker.get_task(tasks[0].id)
+    assert stored is not None
+    assert abs((stored.scheduled_at - due).total_seconds()) < 0.3
+
+
+@REDIS_KINDS
 async def test_result_wait_is_woken_from_another_process(broker_factory: BrokerFactory) -> None:
     waiter, worker = await pair(broker_factory)
     try:

@@ -591,15 +591,32 @@ class RedisBroker(AbstractBroker):
 
     # ----------------------------------------------------------------- producing
 
-    def _enqueue_args(self, task: Task, now: float) -> tuple[list[Any], str]:
+    def _encode_new(self, task: Task) -> str:
+        """Check what the store needs of a new task and return its static JSON."""
         check_priority(task.priority)
         if task.depends_on:
             task.depends_on = list(dict.fromkeys(task.depends_on))
-        data = self._static(task)
-        delay_ms = max(0, int((task.scheduled_at.timestamp() - now) * 1000))
-        parents = task.depends_on
-        args = [task.id, data, task.priority, delay_ms, task.max_retries + 1, len(parents)]
-        return args + parents if parents else args, data
+        return self._static(task)
+
+    @staticmethod
+    def _enqueue_args(tasks: Sequence[Task], encoded: Sequence[str]) -> tuple[list[Any], bool]:
+        """The enqueue script's arguments for `tasks`, their delays counted from now, and
+        whether any task is delayed.
+
+        The script adds each delay to the server's clock when it runs, so the delays are
+        computed just before the batch is sent, not before the whole call was encoded.
+        """
+        now = time.time()
+        args: list[Any] = [len(tasks)]
+        delayed = False
+        for task, data in zip(tasks, encoded, strict=True):
+            delay_ms = max(0, int((task.scheduled_at.timestamp() - now) * 1000))
+            parents = task.depends_on
+            args += (task.id, data, task.priority, delay_ms, task.max_retries + 1, len(parents))
+            if parents:
+                args += parents
+            delayed = delayed or delay_ms > 0
+        return args, delayed
 
     async def enqueue(self, task: Task) -> Task:
         """See `AbstractBroker.enqueue`."""
@@ -609,36 +626,68 @@ class RedisBroker(AbstractBroker):
         """See `AbstractBroker.enqueue_many`."""
         if not tasks:
             return []
-        now = time.time()
-        parts: list[list[Any]] = []
-        encoded: list[str] = []
-        for start in range(0, len(tasks), _ENQUEUE_BATCH):
-            part: list[Any] = [min(_ENQUEUE_BATCH, len(tasks) - start)]
-            for task in tasks[start : start + _ENQUEUE_BATCH]:
-                task_args, data = self._enqueue_args(task, now)
-                part += task_args
-                encoded.append(data)
-            parts.append(part)
-        if len(parts) > 1 and any(task.depends_on for task in tasks):
-            await self._check_parents(tasks)
-        # Bounded script runs: at most _ENQUEUE_BATCH tasks each. Every task was encoded
-        # (and every parent checked) above, so bad input stored nothing; a connection lost
+        # Every task is encoded before any is sent, so a bad payload stores nothing.
+        encoded = [self._encode_new(task) for task in tasks]
+        # Bounded script runs: at most _ENQUEUE_BATCH tasks each. A connection lost
         # between two batches leaves the first ones stored, and a retry of the call is
         # safe (idempotent ids).
-        replies: list[Any] = []
-        if self._fast is not None and len(parts) > 1 and not any(t.depends_on for t in tasks):
-            # One connection keeps the batches in order; sent together, the server runs
-            # one while the replies of the others travel. (The settings check may await,
-            # and must not let a later batch overtake the first.) With dependencies the
-            # batches go one after another: a retried batch must not let a later one,
-            # whose tasks may depend on it, run first.
-            await self._ensure_checked()
-            replies = await asyncio.gather(*(self._script("enqueue", *part) for part in parts))
-        else:
-            for part in parts:
-                replies.append(await self._script("enqueue", *part))
+        starts = range(0, len(tasks), _ENQUEUE_BATCH)
+        batches = [
+            (tasks[i : i + _ENQUEUE_BATCH], encoded[i : i + _ENQUEUE_BATCH]) for i in starts
+        ]
+        with_parents = any(task.depends_on for task in tasks)
+        if len(batches) > 1 and with_parents:
+            await self._check_parents(tasks)  # a bad parent must fail before any batch
+        await self._ensure_checked()
+        pending: list[asyncio.Future[Any] | None] = [None] * len(batches)
+        # With dependencies, several batches go one after another on the general path: a
+        # retried batch must not let a later one, whose tasks may depend on it, run first.
+        if self._fast is not None and (len(batches) == 1 or not with_parents):
+            with contextlib.suppress(*_TRANSIENT):
+                await self._fast.open()  # else every batch takes the retrying path below
+            # Written one after another on the one connection without yielding, so the
+            # batches run in order; the server runs them while we pack the next ones
+            # and build the stored copies below.
+            prefix = self._prefix("enqueue")
+            for index, (part, data) in enumerate(batches):
+                args, delayed = self._enqueue_args(part, data)
+                earlier = [future for future in pending[:index] if future is not None]
+                if delayed and earlier and not all(future.done() for future in earlier):
+                    # Queued behind the earlier batches, this one would start late and its
+                    # tasks come due late: let the server finish them, then count anew.
+                    await asyncio.wait(earlier)
+                    args, _ = self._enqueue_args(part, data)
+                pending[index] = self._fast.send_now(prefix, args)
+        stored = [
+            Task(
+                task.name,
+                _json_view(task.payload),
+                task.priority,
+                task.id,
+                task.scheduled_at,
+                task.created_at,
+                TaskStatus.PENDING,
+                0,
+                task.max_retries,
+                task.timeout,
+                metadata=_json_view(task.metadata),
+                depends_on=list(task.depends_on),
+                context=_json_view(task.context) if task.context else {},
+            )
+            for task in tasks
+        ]
         flags: list[Any] = []
-        for reply in replies:
+        for future, (part, data) in zip(pending, batches, strict=True):
+            reply = None
+            if future is not None:
+                try:
+                    reply = await future
+                except (redis_errors.NoScriptError, *_TRANSIENT):
+                    pass
+            if reply is None:
+                # Not sent, the server forgot the script, or the connection failed: the
+                # general path reloads and retries (a rerun of a stored task is a no-op).
+                reply = await self._script("enqueue", *self._enqueue_args(part, data)[0])
             if reply and int(reply[0]) == -3:
                 child, parent = _text(reply[1]), _text(reply[2])
                 raise TaskNotFoundError(
@@ -646,32 +695,12 @@ class RedisBroker(AbstractBroker):
                     f"task {child!r} depends on {parent!r}, which does not exist (or has expired)",
                 )
             flags += reply
-        stored: list[Task] = []
-        for task, flag in zip(tasks, flags, strict=True):
-            if int(flag) == 1:
-                # What the store holds, as it reads back: JSON's view of the payload.
-                stored.append(
-                    Task(
-                        task.name,
-                        _json_view(task.payload),
-                        task.priority,
-                        task.id,
-                        task.scheduled_at,
-                        task.created_at,
-                        TaskStatus.PENDING,
-                        0,
-                        task.max_retries,
-                        task.timeout,
-                        metadata=_json_view(task.metadata),
-                        depends_on=list(task.depends_on),
-                        context=_json_view(task.context) if task.context else {},
-                    )
-                )
-                continue
-            existing = await self.get_task(task.id)
-            if existing is None:  # it expired between the script and this read
-                raise TaskNotFoundError(task.id)
-            stored.append(existing)
+        for index, (task, flag) in enumerate(zip(tasks, flags, strict=True)):
+            if int(flag) != 1:
+                existing = await self.get_task(task.id)
+                if existing is None:  # it expired between the script and this read
+                    raise TaskNotFoundError(task.id)
+                stored[index] = existing
         return stored
 
     async def _check_parents(self, tasks: Sequence[Task]) -> None:

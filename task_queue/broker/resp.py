@@ -210,6 +210,12 @@ class FastConnection:
             protocol = await self._reconnect()
         return await self._send(protocol, args, prefix)
 
+    async def open(self) -> None:
+        """Connect now if not connected (ConnectionError when the server is unreachable)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            await self._reconnect()
+
     def send_now(self, prefix: Prefix, args: Sequence[Any]) -> asyncio.Future[Any] | None:
         """Write the command at once and return the future of its reply.
 
