@@ -337,7 +337,8 @@ class RedisBroker(AbstractBroker):
         self._prefixes: dict[str, tuple[str, Prefix]] = {}
         self._checked = False
         self._outage_logged = False
-        self._wake_task: asyncio.Task[Any] | None = None
+        self._wake_task: asyncio.Future[Any] | None = None
+        self._wake_prefix: Prefix | None = None
         self._waiting = 0
         self._background: set[asyncio.Future[Any]] = set()
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
@@ -876,7 +877,7 @@ class RedisBroker(AbstractBroker):
             return
         task = self._wake_task
         if task is None or task.done():
-            task = asyncio.create_task(self._block_on_wake())
+            task = self._send_wake() or asyncio.ensure_future(self._block_on_wake())
             task.add_done_callback(self._wake_done)
             self._wake_task = task
         self._waiting += 1
@@ -890,12 +891,24 @@ class RedisBroker(AbstractBroker):
                 # Connection trouble: the next script call retries; don't spin meanwhile.
                 await asyncio.sleep(min(wait, 0.1))
 
+    def _send_wake(self) -> asyncio.Future[Any] | None:
+        """BZPOPMIN written at once if the blocking connection is open, else None.
+
+        Its reply then wakes us one turn of the event loop sooner than a task would.
+        """
+        block = self._fast_block
+        if block is None:
+            return None
+        if self._wake_prefix is None:
+            self._wake_prefix = Prefix("BZPOPMIN", self._keys[7], self.max_idle_wait)
+        return block.send_now(self._wake_prefix, ())
+
     async def _block_on_wake(self) -> Any:
         if self._fast_block is not None:
             return await self._fast_block.execute("BZPOPMIN", self._keys[7], self.max_idle_wait)
         return await self.client.bzpopmin(self._keys[7], timeout=self.max_idle_wait)
 
-    def _wake_done(self, task: asyncio.Task[Any]) -> None:
+    def _wake_done(self, task: asyncio.Future[Any]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
         if task.result() is not None and self._waiting == 0 and not self._closed:
