@@ -438,13 +438,20 @@ def report(document: dict[str, Any]) -> str:
             f"p50 {redis['ping_rtt_p50_ms']:.3f} ms, p99 {redis['ping_rtt_p99_ms']:.3f} ms"
         )
     opts = document["options"]
-    out.append(
-        f"{opts['runs']} runs per figure (median shown); tasks per throughput workload: "
-        f"task_queue and in-memory {opts['tasks']:,}, Redis peers {opts['peer_tasks']:,}; "
-        f"latency {opts['latency_tasks']} tasks ({opts['polled_latency_tasks']} for a "
-        f"polling default), delayed {opts['delayed_tasks']:,} tasks over 2 s; worker RSS "
-        f"after {opts['rss_tasks']:,} tasks (peers {opts['peer_rss_tasks']:,}), one run"
+    sizes = f"{opts['runs']} run(s) per figure (median shown); tasks per throughput workload: "
+    sizes += f"task_queue and in-memory {opts['tasks']:,}"
+    if redis:
+        sizes += f", Redis peers {opts['peer_tasks']:,}"
+    sizes += (
+        f"; latency {opts['latency_tasks']} tasks ({opts['polled_latency_tasks']} for a "
+        f"polling default); delayed {opts['delayed_tasks']:,} tasks due over 2 s"
     )
+    if any("rss.value" in cells for cells in summary.values()):
+        sizes += (
+            f"; worker RSS after {opts['rss_tasks']:,} tasks (peers "
+            f"{opts['peer_rss_tasks']:,}), one run"
+        )
+    out.append(sizes)
     out.append(
         "(Nx) = how many times better task_queue is than that column (throughput ours / "
         "theirs, time and memory theirs / ours); n/a = no such feature; - = not run"
