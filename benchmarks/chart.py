@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 OURS = "#d62728"
 OTHERS = ["#1f77b4", "#6baed6", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f", "#bcbd22"]
@@ -108,7 +108,7 @@ def _scaling(ax: Any, summary: dict[str, Any]) -> None:
     ax.grid(axis="x", alpha=0.3)
 
 
-def draw(document: dict[str, Any], out: Path) -> None:
+def draw(document: dict[str, Any], out: Path, source: str) -> None:
     summary = document["summary"]
     fig, axes = plt.subplots(2, 4, figsize=(22, 10))
     for ax, (title, section, metrics, unit, log) in zip(axes.flat, PANELS, strict=True):
@@ -153,6 +153,7 @@ def draw(document: dict[str, Any], out: Path) -> None:
         ax.invert_yaxis()
         if log and drawn:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # no clutter on short ranges
         ax.margins(x=0.35)
         ax.grid(axis="x", alpha=0.3)
     redis = document.get("redis") or {}
@@ -160,7 +161,7 @@ def draw(document: dict[str, Any], out: Path) -> None:
         f"task_queue vs peers, {document['date']}: {document['options']['runs']} runs, "
         f"median with min-max; Python {document['environment']['python']}, "
         f"{document['environment']['cpu_count']} CPUs, Redis {redis.get('version', '-')} "
-        "on loopback (benchmarks/results/" + document["date"] + ".json)",
+        f"on loopback (benchmarks/results/{source})",
         fontsize=12,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.96))
@@ -169,7 +170,7 @@ def draw(document: dict[str, Any], out: Path) -> None:
 
 def main() -> int:
     document = json.loads(Path(sys.argv[1]).read_text())
-    draw(document, Path(sys.argv[2]))
+    draw(document, Path(sys.argv[2]), Path(sys.argv[1]).name)
     return 0
 
 

@@ -167,6 +167,7 @@ class Options:
     loop: str
     save: bool
     chart: bool
+    quick: bool
     timeout: float
     notes: list[str] = field(default_factory=list)
 
@@ -569,6 +570,7 @@ def parse_args(argv: list[str] | None) -> Options:
         loop=args.loop,
         save=args.save,
         chart=args.chart,
+        quick=args.quick,
         timeout=timeout,
     )
 
@@ -630,12 +632,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(took {document['seconds']:.0f} s)")
     if options.save:
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"{date}.json"
+        # A --quick check never replaces the results of a real run (and git ignores it).
+        suffix = "-quick" if options.quick else ""
+        path = RESULTS / f"{date}{suffix}.json"
         path.write_text(json.dumps(document, indent=1) + "\n")
         print(f"raw results: {path.relative_to(HERE.parent)}")
         if options.chart:
             chart_python = PEERS / "chart" / "bin" / "python"
-            png = RESULTS / "chart.png"  # a stable name for README and docs to show
+            png = RESULTS / f"chart{suffix}.png"  # a stable name for README and docs
             subprocess.run(
                 [str(chart_python), str(HERE / "chart.py"), str(path), str(png)], check=True
             )
