@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,7 +22,9 @@ def _storable(text: str) -> str:
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex but about three times cheaper
+    # (bulk enqueues make one per task); unguessable, as ids may appear in URLs.
+    return os.urandom(16).hex()
 
 
 class TaskStatus(StrEnum):

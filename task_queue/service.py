@@ -330,6 +330,7 @@ class TaskQueueService:
         scheduled_at: datetime | None,
         depends_on: Iterable[Task | TaskHandle | str] | None = None,
         context: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
     ) -> Task:
         if not isinstance(name, str) or not name:
             raise TypeError(f"task name must be a non-empty str, got {name!r}")
@@ -370,7 +371,8 @@ class TaskQueueService:
                 raise TypeError(f"timeout must be a number or None, got {timeout!r}")
             if not timeout > 0 or not _finite(timeout):
                 raise ValueError(f"timeout must be a finite number > 0, got {timeout}")
-        now = utcnow()
+        if now is None:
+            now = utcnow()
         if scheduled_at is not None:
             if delay_seconds:
                 raise ValueError("give either delay_seconds or scheduled_at, not both")
@@ -501,6 +503,7 @@ class TaskQueueService:
         item may depend on an earlier item of the same call.
         """
         built = []
+        now = utcnow()  # one creation time for the call
         for index, spec in enumerate(tasks):
             if not isinstance(spec, Mapping):
                 raise TypeError(f"tasks[{index}] must be a mapping, got {type(spec).__name__}")
@@ -522,6 +525,7 @@ class TaskQueueService:
                     spec.get("scheduled_at"),
                     spec.get("depends_on"),
                     spec.get("context"),
+                    now,
                 )
             )
         if self.hooks.pre_create:
