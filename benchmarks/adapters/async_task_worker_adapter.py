@@ -12,26 +12,7 @@ from importlib.metadata import version
 from typing import Any
 
 from async_task_worker import AsyncTaskWorker
-from common import Library, probe
-
-
-async def noop(a: float) -> None:
-    probe.ran()
-
-
-async def nap(a: float) -> None:
-    await probe.nap()
-
-
-async def stamp(a: float) -> None:
-    probe.stamp(a)
-
-
-async def late(a: float) -> None:
-    probe.late(a)
-
-
-FUNCTIONS = {"noop": noop, "nap": nap, "stamp": stamp, "late": late}
+from common import FUNCTIONS, Library
 
 
 class AsyncTaskWorkerLibrary(Library):

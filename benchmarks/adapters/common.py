@@ -83,6 +83,29 @@ class Probe:
 probe = Probe()
 
 
+# The workload functions as plain coroutine functions taking one float, for the
+# libraries that register functions as they are (streaQ, async-task-worker).
+
+
+async def noop(a: float) -> None:
+    probe.ran()
+
+
+async def nap(a: float) -> None:
+    await probe.nap()
+
+
+async def stamp(a: float) -> None:
+    probe.stamp(a)
+
+
+async def late(a: float) -> None:
+    probe.late(a)
+
+
+FUNCTIONS = {"noop": noop, "nap": nap, "stamp": stamp, "late": late}
+
+
 # --------------------------------------------------------------------------- library
 
 

@@ -14,27 +14,8 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
-from common import Library, probe
+from common import FUNCTIONS, Library
 from streaq import Worker
-
-
-async def noop(a: float) -> None:
-    probe.ran()
-
-
-async def nap(a: float) -> None:
-    await probe.nap()
-
-
-async def stamp(a: float) -> None:
-    probe.stamp(a)
-
-
-async def late(a: float) -> None:
-    probe.late(a)
-
-
-FUNCTIONS = {"noop": noop, "nap": nap, "stamp": stamp, "late": late}
 
 
 class StreaqLibrary(Library):
