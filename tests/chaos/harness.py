@@ -32,7 +32,8 @@ import pytest
 from redis.asyncio import Redis
 
 from task_queue import TaskQueueService
-from tests.conftest import REQUIRE_REDIS
+from task_queue.broker.redis import RedisBroker
+from tests.conftest import REQUIRE_REDIS, unique_prefix
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -618,3 +619,62 @@ def analyse(
         seconds=seconds,
         notes=notes,
     )
+
+
+# ------------------------------------------------------------------ one run
+
+
+class ChaosRun:
+    """The fixtures of one process run: a Redis server of its own, the ledger, a pool of
+    worker processes, a producer service and a raw client for the census.
+
+    `async with ChaosRun(...)` starts the server and tears everything down afterwards;
+    `settle()` stops the workers and measures what happened. `seed` (from TQ_CHAOS_SEED,
+    else random) drives `rng`.
+    """
+
+    def __init__(self, tmp_path: Path, lease: float, concurrency: int) -> None:
+        self.seed = int(os.environ.get("TQ_CHAOS_SEED", random.randrange(2**32)))
+        self.rng = random.Random(self.seed)
+        self.lease = lease
+        self.server = RedisServer(tmp_path / "redis")
+        self.prefix = unique_prefix()
+        self.ledger = Ledger(tmp_path / "ledger")
+        env = app_env(self.server.url, self.prefix, lease, self.ledger.directory)
+        self.pool = WorkerPool(env, tmp_path / "logs", concurrency)
+        self.broker = RedisBroker.from_url(
+            self.server.url, prefix=self.prefix, lease_seconds=lease
+        )
+        self.producer = TaskQueueService(self.broker, check_names=False)
+        self.client = self.server.client()
+
+    async def __aenter__(self) -> ChaosRun:
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pool.stop()
+        await self.client.aclose()
+        await self.broker.close()
+        self.ledger.close()
+        self.server.stop()
+
+    async def settle(
+        self, scenario: str, started: float, extra_logs: str = ""
+    ) -> tuple[list[int | None], Census, Figures, str]:
+        """Stop the workers; return their exit codes, the census, the figures of the run
+        and the workers' logs."""
+        codes = await self.pool.stop()
+        state = await census(self.client, self.broker.base_key)
+        logs = self.pool.output()
+        figures = analyse(
+            scenario,
+            self.ledger.acked(),
+            self.ledger.runs(),
+            state,
+            self.pool.killed,
+            logs + extra_logs,
+            started,
+            self.pool.lease_losses(),
+        )
+        return codes, state, figures, logs

@@ -10,28 +10,19 @@ dies and no lease runs out, so nothing may run twice.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
 from pathlib import Path
 
 import pytest
 
-from task_queue import TaskQueueService, TaskStatus
-from task_queue.broker.redis import RedisBroker
+from task_queue import TaskStatus
 from tests.chaos.harness import (
     SIZE,
-    Ledger,
-    RedisServer,
-    WorkerPool,
-    analyse,
-    app_env,
-    census,
+    ChaosRun,
     produce,
     run_timeout,
     wait_until,
 )
-from tests.conftest import unique_prefix
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -43,70 +34,41 @@ LEASE = 10.0  # far longer than an outage here: a lease that ran out would rerun
 
 @pytest.mark.timeout(run_timeout(COUNT))
 async def test_nothing_is_lost_when_redis_restarts_or_is_killed(tmp_path: Path) -> None:
-    seed = int(os.environ.get("TQ_CHAOS_SEED", random.randrange(2**32)))
-    rng = random.Random(seed)
-    server = RedisServer(tmp_path / "redis")
-    await server.start()
-    prefix = unique_prefix()
-    ledger = Ledger(tmp_path / "ledger")
-    pool = WorkerPool(
-        app_env(server.url, prefix, LEASE, ledger.directory), tmp_path / "logs", CONCURRENCY
-    )
-    broker = RedisBroker.from_url(server.url, prefix=prefix, lease_seconds=LEASE)
-    producer = TaskQueueService(broker, check_names=False)
-    client = server.client()
     duration = max(4.0, COUNT / 1500)  # the producer is live for this long
-    try:
+    async with ChaosRun(tmp_path, LEASE, CONCURRENCY) as run:
         for _ in range(WORKERS):
-            pool.start()
-        await pool.wait_ready()
+            run.pool.start()
+        await run.pool.wait_ready()
         started = time.time()
         production = asyncio.create_task(
-            produce(producer, ledger, COUNT, rng, rate=COUNT / duration, batch=20)
+            produce(run.producer, run.ledger, COUNT, run.rng, rate=COUNT / duration, batch=20)
         )
 
         async def produced(share: float) -> bool:
             if production.done():
                 production.result()  # a failed producer fails the test here
                 return True
-            return ledger.acked_count >= share * COUNT
+            return run.ledger.acked_count >= share * COUNT
 
         await wait_until(lambda: produced(0.3), 60, "30 % of the tasks to be enqueued")
-        graceful = await server.restart()
+        graceful = await run.server.restart()
         await wait_until(lambda: produced(0.65), 60, "65 % of the tasks to be enqueued")
-        crash = await server.crash_and_restart()
+        crash = await run.server.crash_and_restart()
         await production
 
         async def all_final() -> bool:
-            counts = await broker.count_tasks()
+            counts = await run.broker.count_tasks()
             return counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0
 
         await wait_until(all_final, run_timeout(COUNT), f"{COUNT} tasks to finish", 0.1)
-        codes = await pool.stop()
-        state = await census(client, broker.base_key)
-        logs = pool.output()
-        figures = analyse(
-            "Redis restart + SIGKILL",
-            ledger.acked(),
-            ledger.runs(),
-            state,
-            pool.killed,
-            logs,
-            started,
-            pool.lease_losses(),
-        )
+        codes, state, figures, logs = await run.settle("Redis restart + SIGKILL", started)
         figures.redis_faults = 2
         figures.notes += [
-            f"seed {seed}",
+            f"seed {run.seed}",
             f"outage {graceful:.2f}s (restart), {crash:.2f}s (SIGKILL)",
         ]
         figures.record()
-    finally:
-        await pool.stop()
-        await client.aclose()
-        await broker.close()
-        ledger.close()
-        server.stop()
+    seed = run.seed
     context = f"seed {seed}, {figures}"
     assert figures.tasks == COUNT
     assert state.problems == [], context

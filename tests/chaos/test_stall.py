@@ -15,19 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from task_queue import TaskQueueService, TaskStatus
-from task_queue.broker.redis import RedisBroker
+from task_queue import TaskStatus
 from tests.chaos.app import build_service
 from tests.chaos.harness import (
-    Ledger,
-    RedisServer,
-    WorkerPool,
-    analyse,
-    app_env,
-    census,
+    ChaosRun,
     wait_until,
 )
-from tests.conftest import unique_prefix
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -39,65 +32,45 @@ STALL = 5.0  # the loop of the first worker is blocked this long: five leases
 async def test_a_stalled_worker_cannot_overwrite_the_outcome(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = RedisServer(tmp_path / "redis")
-    await server.start()
-    prefix = unique_prefix()
-    ledger = Ledger(tmp_path / "ledger")
-    pool = WorkerPool(app_env(server.url, prefix, LEASE, ledger.directory), tmp_path / "logs", 4)
-    broker = RedisBroker.from_url(server.url, prefix=prefix, lease_seconds=LEASE)
-    producer = TaskQueueService(broker, check_names=False)
-    rescuer = build_service(server.url, prefix, LEASE, ledger.directory)
-    client = server.client()
-    try:
-        stalled = pool.start()
-        await pool.wait_ready()
-        started = time.time()
-        # Three tasks that await (they start first: lower priority number), then the one
-        # that blocks the loop: the stalled worker holds all four when its loop stops.
-        specs = [{"name": "work", "payload": {"ms": 300}} for _ in range(3)]
-        specs.append({"name": "stall", "payload": {"stall": STALL}, "priority": 1})
-        tasks = await producer.add_tasks(specs)
-        stall_id = tasks[-1].id
-        ledger.add_acked(t.id for t in tasks)
+    async with ChaosRun(tmp_path, LEASE, 4) as run:
+        pool, ledger, broker = run.pool, run.ledger, run.broker
+        rescuer = build_service(run.server.url, run.prefix, LEASE, ledger.directory)
+        try:
+            stalled = pool.start()
+            await pool.wait_ready()
+            started = time.time()
+            # Three tasks that await (they start first: lower priority number), then the
+            # one that blocks the loop: the stalled worker holds all four when its loop
+            # stops.
+            specs = [{"name": "work", "payload": {"ms": 300}} for _ in range(3)]
+            specs.append({"name": "stall", "payload": {"stall": STALL}, "priority": 1})
+            tasks = await run.producer.add_tasks(specs)
+            stall_id = tasks[-1].id
+            ledger.add_acked(t.id for t in tasks)
 
-        async def stalling() -> bool:
-            return any(r.kind == "start" and r.task_id == stall_id for r in ledger.runs())
+            async def stalling() -> bool:
+                return any(r.kind == "start" and r.task_id == stall_id for r in ledger.runs())
 
-        await wait_until(stalling, 30, "the first worker to run the stalling task")
-        rescuer.start_workers(4)
-        finals = [await broker.wait_for(t.id, timeout=30) for t in tasks]
-        stalled_log = pool.logs / "worker-0.log"
+            await wait_until(stalling, 30, "the first worker to run the stalling task")
+            rescuer.start_workers(4)
+            finals = [await broker.wait_for(t.id, timeout=30) for t in tasks]
+            stalled_log = pool.logs / "worker-0.log"
 
-        async def stale_ack_refused() -> bool:
-            return f"task {stall_id}: stale holder" in stalled_log.read_text()
+            async def stale_ack_refused() -> bool:
+                return f"task {stall_id}: stale holder" in stalled_log.read_text()
 
-        await wait_until(stale_ack_refused, 30, "the stalled worker to report its ack")
-        await rescuer.shutdown()
-        codes = await pool.stop()
-        state = await census(client, broker.base_key)
-        logs = pool.output()
-        figures = analyse(
-            "event-loop stall",
-            ledger.acked(),
-            ledger.runs(),
-            state,
-            pool.killed,
-            logs + caplog.text,
-            started,
-            pool.lease_losses(),
-        )
-        refused = logs.count("stale holder")
-        figures.notes += [f"loop blocked {STALL:g}s, lease {LEASE:g}s"]
-        figures.notes += [f"{refused} stale acks refused"]
-        figures.record()
-    finally:
-        await rescuer.shutdown()
-        await rescuer.broker.close()
-        await pool.stop()
-        await client.aclose()
-        await broker.close()
-        ledger.close()
-        server.stop()
+            await wait_until(stale_ack_refused, 30, "the stalled worker to report its ack")
+            await rescuer.shutdown()
+            codes, state, figures, logs = await run.settle(
+                "event-loop stall", started, caplog.text
+            )
+            refused = logs.count("stale holder")
+            figures.notes += [f"loop blocked {STALL:g}s, lease {LEASE:g}s"]
+            figures.notes += [f"{refused} stale acks refused"]
+            figures.record()
+        finally:
+            await rescuer.shutdown()
+            await rescuer.broker.close()
     me = os.getpid()
     for final in finals:
         assert final.status is TaskStatus.COMPLETED

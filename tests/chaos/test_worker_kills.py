@@ -11,30 +11,21 @@ and which runs happened; the final state of Redis must account for each of them.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
 from pathlib import Path
 
 import pytest
 
-from task_queue import TaskQueueService, TaskStatus
-from task_queue.broker.redis import RedisBroker
+from task_queue import TaskStatus
 from tests.chaos.harness import (
     SIZE,
+    ChaosRun,
     Figures,
-    Ledger,
-    RedisServer,
-    WorkerPool,
-    analyse,
-    app_env,
-    census,
     kill_loop,
     produce,
     run_timeout,
     wait_until,
 )
-from tests.conftest import unique_prefix
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -52,59 +43,30 @@ async def run_workers(
     tmp_path: Path, scenario: str, count: int, *, kill_every: float | None, lease: float
 ) -> Figures:
     """Process `count` tasks with WORKERS processes (killed every `kill_every` s)."""
-    seed = int(os.environ.get("TQ_CHAOS_SEED", random.randrange(2**32)))
-    rng = random.Random(seed)
-    server = RedisServer(tmp_path / "redis")
-    await server.start()
-    prefix = unique_prefix()
-    ledger = Ledger(tmp_path / "ledger")
-    pool = WorkerPool(
-        app_env(server.url, prefix, lease, ledger.directory), tmp_path / "logs", CONCURRENCY
-    )
-    broker = RedisBroker.from_url(server.url, prefix=prefix, lease_seconds=lease)
-    producer = TaskQueueService(broker, check_names=False)
-    client = server.client()
     killer: asyncio.Task[None] | None = None
-    try:
-        for _ in range(WORKERS):
-            pool.start()
-        await pool.wait_ready()
-        started = time.time()
-        if kill_every is not None:
-            killer = asyncio.create_task(kill_loop(pool, rng, kill_every, ledger))
-        await produce(producer, ledger, count, rng)
+    async with ChaosRun(tmp_path, lease, CONCURRENCY) as run:
+        try:
+            for _ in range(WORKERS):
+                run.pool.start()
+            await run.pool.wait_ready()
+            started = time.time()
+            if kill_every is not None:
+                killer = asyncio.create_task(kill_loop(run.pool, run.rng, kill_every, run.ledger))
+            await produce(run.producer, run.ledger, count, run.rng)
 
-        async def all_final() -> bool:
-            counts = await broker.count_tasks()
-            return counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0
+            async def all_final() -> bool:
+                counts = await run.broker.count_tasks()
+                return counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0
 
-        await wait_until(all_final, run_timeout(count), f"{count} tasks to finish", 0.1)
-        if killer is not None:
-            killer.cancel()
-            await asyncio.gather(killer, return_exceptions=True)
-        codes = await pool.stop()
-        state = await census(client, broker.base_key)
-        logs = pool.output()
-        figures = analyse(
-            scenario,
-            ledger.acked(),
-            ledger.runs(),
-            state,
-            pool.killed,
-            logs,
-            started,
-            pool.lease_losses(),
-        )
-        figures.notes += [f"seed {seed}", f"lease {lease:g}s"]
+            await wait_until(all_final, run_timeout(count), f"{count} tasks to finish", 0.1)
+        finally:
+            if killer is not None:
+                killer.cancel()
+                await asyncio.gather(killer, return_exceptions=True)
+        codes, state, figures, logs = await run.settle(scenario, started)
+        figures.notes += [f"seed {run.seed}", f"lease {lease:g}s"]
         figures.record()
-    finally:
-        if killer is not None:
-            killer.cancel()
-        await pool.stop()
-        await client.aclose()
-        await broker.close()
-        ledger.close()
-        server.stop()
+    seed = run.seed
     context = f"seed {seed}, {figures}"
     assert figures.tasks == count
     assert state.problems == [], context
