@@ -31,7 +31,7 @@ from urllib.parse import quote
 import pytest
 from redis.asyncio import Redis
 
-from task_queue import TaskQueueService
+from task_queue import TaskQueueService, TaskStatus
 from task_queue.broker.redis import RedisBroker
 from tests.conftest import REQUIRE_REDIS, unique_prefix
 
@@ -658,6 +658,15 @@ class ChaosRun:
         await self.broker.close()
         self.ledger.close()
         self.server.stop()
+
+    async def drained(self, count: int) -> None:
+        """Wait until no task of the queue is pending or processing (all `count` ended)."""
+
+        async def all_final() -> bool:
+            counts = await self.broker.count_tasks()
+            return counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0
+
+        await wait_until(all_final, run_timeout(count), f"{count} tasks to finish", 0.1)
 
     async def settle(
         self, scenario: str, started: float, extra_logs: str = ""

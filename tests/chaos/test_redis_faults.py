@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from task_queue import TaskStatus
 from tests.chaos.harness import (
     SIZE,
     ChaosRun,
@@ -56,11 +55,7 @@ async def test_nothing_is_lost_when_redis_restarts_or_is_killed(tmp_path: Path) 
         crash = await run.server.crash_and_restart()
         await production
 
-        async def all_final() -> bool:
-            counts = await run.broker.count_tasks()
-            return counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0
-
-        await wait_until(all_final, run_timeout(COUNT), f"{COUNT} tasks to finish", 0.1)
+        await run.drained(COUNT)
         codes, state, figures, logs = await run.settle("Redis restart + SIGKILL", started)
         figures.redis_faults = 2
         figures.notes += [

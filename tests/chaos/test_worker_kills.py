@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from task_queue import TaskStatus
 from tests.chaos.harness import (
     SIZE,
     ChaosRun,
@@ -24,7 +23,6 @@ from tests.chaos.harness import (
     kill_loop,
     produce,
     run_timeout,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -54,11 +52,7 @@ async def run_workers(
                 killer = asyncio.create_task(kill_loop(run.pool, run.rng, kill_every, run.ledger))
             await produce(run.producer, run.ledger, count, run.rng)
 
-            async def all_final() -> bool:
-                counts = await run.broker.count_tasks()
-                return counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0
-
-            await wait_until(all_final, run_timeout(count), f"{count} tasks to finish", 0.1)
+            await run.drained(count)
         finally:
             if killer is not None:
                 killer.cancel()
