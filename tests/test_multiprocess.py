@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +20,8 @@ from redis.asyncio import Redis
 
 from task_queue import TaskQueueService, TaskStatus
 from task_queue.broker.redis import RedisBroker
-from tests.conftest import REDIS_URL, REQUIRE_REDIS, require_real_redis, unique_prefix
+from tests.chaos.harness import RedisServer
+from tests.conftest import REDIS_URL, require_real_redis, unique_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -172,62 +171,8 @@ async def test_killed_worker_tasks_are_recovered_by_another_process(
     assert codes[1:] == [0], workers.output()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class OwnRedis:
-    """A redis-server this test starts, restarts and stops (appendonly, fsync always)."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if REQUIRE_REDIS:
-                pytest.fail("redis-server is not installed, and TASK_QUEUE_REQUIRE_REDIS=1")
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        self.port = free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
-        args += ["--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")]
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting it is instant
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        client = Redis.from_url(self.url)
-
-        async def answers() -> bool:
-            try:
-                return bool(await client.ping())
-            except Exception:
-                return False
-
-        try:
-            await wait_until(answers, 15, "redis-server to start")
-        finally:
-            await client.aclose()
-
-    async def restart(self) -> None:
-        """Shut the server down cleanly (it writes its AOF) and start it again."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=15)
-        await self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
-
-
 async def test_workers_resume_after_a_redis_restart(tmp_path: Path) -> None:
-    server = OwnRedis(tmp_path)
+    server = RedisServer(tmp_path / "redis")
     await server.start()
     prefix = unique_prefix()
     # A dequeue whose reply the restart cut off leased tasks to nobody: they come back
