@@ -28,6 +28,27 @@ __all__ = [
 ]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+# `JSONEncoder.encode` builds a new C encoder on every call, which costs more than
+# encoding a small payload; this one is built once with the same settings. Without the
+# circular-reference markers a cycle ends in RecursionError, which `dumps` reports.
+_encode_chunks = (
+    _c_encoder(
+        None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    if _c_encoder is not None
+    else None
+)
+
+
+def _encode(value: Any) -> str:
+    if _encode_chunks is None:  # pragma: no cover - CPython always has the C encoder
+        return _encoder.encode(value)
+    if type(value) is str:  # the C encoder takes containers and numbers, not bare strings
+        return json.encoder.encode_basestring(value)
+    return "".join(_encode_chunks(value, 0))
+
+
 _decode = json.JSONDecoder().decode
 
 
@@ -49,7 +70,7 @@ def is_text(value: str) -> bool:
 def dumps(value: Any, where: str = "value") -> str:
     """Encode `value` as compact JSON, or raise `PayloadError` naming the offending field."""
     try:
-        text = _encoder.encode(value)
+        text = _encode(value)
         if not is_text(text):
             raise ValueError("a string holds a lone surrogate")
     except (TypeError, ValueError, RecursionError) as exc:
