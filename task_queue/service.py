@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
-from .broker.base import AbstractBroker, TaskNote, check_priority
+from .broker.base import MAX_PRIORITY, AbstractBroker, TaskNote, check_priority
 from .codec import is_text, normalize
 from .context import apply_context, current_task, report_progress, running
 from .errors import (
@@ -32,7 +32,7 @@ from .errors import (
 )
 from .handle import TaskHandle
 from .hooks import Hooks, Middleware, PostRunHook, TaskHook
-from .models import Task, TaskError, TaskStatus, utcnow
+from .models import Task, TaskError, TaskStatus, new_id, utcnow
 from .monitoring import WorkerInfo
 from .retry import RetryPolicy
 
@@ -332,15 +332,17 @@ class TaskQueueService:
         context: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> Task:
-        if not isinstance(name, str) or not name:
+        # Bulk enqueues call this once per task: each check tests the common case with
+        # an exact type first and only then the slower general one.
+        if type(name) is not str or not name:
             raise TypeError(f"task name must be a non-empty str, got {name!r}")
-        if not is_text(name):
+        if not name.isascii() and not is_text(name):
             raise ValueError(f"task name {name!r} holds a lone surrogate: not valid Unicode")
         if self.check_names and name not in self._executors:
             raise UnknownTaskError(name, list(self._executors))
         if payload is None:
             payload = {}
-        if not isinstance(payload, Mapping):
+        elif type(payload) is not dict and not isinstance(payload, Mapping):
             raise TypeError(f"payload must be a dict (JSON object), got {type(payload).__name__}")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise TypeError(
@@ -348,12 +350,19 @@ class TaskQueueService:
             )
         if context is not None and not isinstance(context, Mapping):
             raise TypeError(f"context must be a dict (JSON object), got {type(context).__name__}")
-        check_priority(priority)
-        if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
+        if type(priority) is not int or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            check_priority(priority)
+        if (
+            type(delay_seconds) is not float
+            and type(delay_seconds) is not int
+            and (isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float))
+        ):
             raise TypeError(f"delay_seconds must be a number, got {delay_seconds!r}")
-        if not _finite(delay_seconds) or delay_seconds < 0:
+        if delay_seconds and (not _finite(delay_seconds) or delay_seconds < 0):
             raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay_seconds}")
-        if task_id is not None:
+        if task_id is None:
+            task_id = new_id()
+        else:
             if not isinstance(task_id, str) or not task_id:
                 raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
             if len(task_id) > _MAX_ID_LENGTH:
@@ -362,7 +371,9 @@ class TaskQueueService:
                 raise ValueError(f"task_id {task_id!r} holds a lone surrogate: not valid Unicode")
         if max_retries is None:
             max_retries = self.retry_policy.max_retries
-        elif isinstance(max_retries, bool) or not isinstance(max_retries, int):
+        elif type(max_retries) is not int and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int)
+        ):
             raise TypeError(f"max_retries must be an int, got {max_retries!r}")
         elif max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -371,6 +382,7 @@ class TaskQueueService:
                 raise TypeError(f"timeout must be a number or None, got {timeout!r}")
             if not timeout > 0 or not _finite(timeout):
                 raise ValueError(f"timeout must be a finite number > 0, got {timeout}")
+            timeout = float(timeout)
         if now is None:
             now = utcnow()
         if scheduled_at is not None:
@@ -382,29 +394,42 @@ class TaskQueueService:
                 due = scheduled_at.astimezone(UTC)
             except OverflowError:
                 raise ValueError(f"scheduled_at {scheduled_at} is out of range in UTC") from None
-        else:
+        elif delay_seconds:
             try:
-                due = now + timedelta(seconds=delay_seconds) if delay_seconds else now
+                due = now + timedelta(seconds=delay_seconds)
             except OverflowError:
                 raise ValueError(
                     f"delay_seconds {delay_seconds} is too large: due after the year 9999"
                 ) from None
-        task = Task(
-            name=name,
-            payload=dict(payload),
-            priority=priority,
-            scheduled_at=due,
-            created_at=now,
-            max_retries=max_retries,
-            timeout=None if timeout is None else float(timeout),
-            metadata=dict(metadata or {}),
-            context=normalize(dict(context), "context") if context else {},
+        else:
+            due = now
+        parents = [] if depends_on is None else _parent_ids(depends_on, task_id)
+        # Every field positionally: the dataclass defaults would draw an id and read the
+        # clock again only to have them replaced.
+        return Task(
+            name,
+            dict(payload),
+            priority,
+            task_id,
+            due,
+            now,
+            TaskStatus.PENDING,
+            0,
+            max_retries,
+            timeout,
+            None,
+            None,
+            None,
+            None,
+            0.0,
+            dict(metadata) if metadata else {},
+            0,
+            None,
+            False,
+            parents,
+            normalize(dict(context), "context") if context else {},
+            [],
         )
-        if task_id is not None:
-            task.id = task_id
-        if depends_on is not None:
-            task.depends_on = _parent_ids(depends_on, task.id)
-        return task
 
     async def add_task(
         self,
@@ -505,11 +530,11 @@ class TaskQueueService:
         built = []
         now = utcnow()  # one creation time for the call
         for index, spec in enumerate(tasks):
-            if not isinstance(spec, Mapping):
+            if type(spec) is not dict and not isinstance(spec, Mapping):
                 raise TypeError(f"tasks[{index}] must be a mapping, got {type(spec).__name__}")
-            unknown = set(spec) - _SPEC_KEYS
-            if unknown:
-                raise TypeError(f"tasks[{index}] has unknown keys: {sorted(unknown)}")
+            if not spec.keys() <= _SPEC_KEYS:
+                unknown = sorted(set(spec) - _SPEC_KEYS, key=repr)
+                raise TypeError(f"tasks[{index}] has unknown keys: {unknown}")
             if "name" not in spec:
                 raise TypeError(f"tasks[{index}] has no 'name'")
             built.append(
