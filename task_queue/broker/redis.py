@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import time
@@ -187,13 +188,14 @@ def _decode_leased(values: Sequence[Any], worker: str | None) -> Task:
     if error:
         e = loads(error)
         task_error = TaskError(str(e["type"]), str(e.get("message", "")), e.get("traceback"))
+    created = datetime.fromtimestamp(float(static["created_at"]), UTC)
     return Task(
         str(static["name"]),
         payload,
         int(static.get("priority", 0)),
         str(static["id"]),
-        datetime.fromtimestamp(int(due) / 1000, UTC),
-        datetime.fromtimestamp(float(static["created_at"]), UTC),
+        datetime.fromtimestamp(int(due) / 1000, UTC) if due else created,
+        created,
         TaskStatus.PROCESSING,
         int(attempts),
         int(static.get("max_retries", int(max_attempts) - 1)),
@@ -227,15 +229,72 @@ def _logs(text: str) -> list[dict[str, Any]]:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _json_view(value: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `value` as it reads back from JSON (already encoded once, so it can be).
-
-    A flat object of plain values reads back as it is; anything else takes a round trip.
-    """
+def _reads_back_unchanged(value: dict[str, Any]) -> bool:
+    """True when `value` is a flat object of plain values: JSON gives it back as it is."""
     for key, item in value.items():
         if type(key) is not str or type(item) not in _PLAIN:
-            return loads(dumps(value))  # type: ignore[no-any-return]
-    return dict(value)
+            return False
+    return True
+
+
+def _as_stored(task: Task) -> Task:
+    """The new task `task` as the store gives it back.
+
+    A task that is new in every field (the usual case) is returned itself, its payload,
+    metadata and context replaced by fresh JSON copies where JSON would not give them
+    back unchanged; anything else gets a fresh PENDING copy. Either way the result shares
+    no mutable value with what the caller passed in except flat objects the caller
+    handed over.
+    """
+    for field in ("payload", "metadata", "context"):
+        value = getattr(task, field)
+        if value and not _reads_back_unchanged(value):
+            setattr(task, field, loads(dumps(value)))
+    if (
+        task.status is TaskStatus.PENDING
+        and task.attempts == 0
+        and task.token == 0
+        and task.result is None
+        and task.error is None
+        and task.started_at is None
+        and task.finished_at is None
+        and task.worker_id is None
+        and not task.progress
+        and not task.cancel_requested
+        and not task.logs
+    ):
+        return task
+    return Task(
+        task.name,
+        dict(task.payload),
+        task.priority,
+        task.id,
+        task.scheduled_at,
+        task.created_at,
+        TaskStatus.PENDING,
+        0,
+        task.max_retries,
+        task.timeout,
+        metadata=dict(task.metadata),
+        depends_on=list(task.depends_on),
+        context=dict(task.context),
+    )
+
+
+_STATIC = (
+    '{"id":%s,"name":%s,"priority":%d,"created_at":%s,"max_retries":%d,"timeout":%s,'
+    '"payload":%s,"metadata":%s%s}'
+)
+
+
+_quote = json.encoder.encode_basestring
+
+
+def _json_text(value: str, where: str) -> str:
+    """A str as a JSON string; `PayloadError` naming `where` when it is not valid text."""
+    if type(value) is not str:
+        raise PayloadError(f"{where} must be a str, got {type(value).__name__}", where)
+    return dumps(value, where)
 
 
 def _ms_to_dt(value: str | None) -> datetime | None:
@@ -495,29 +554,37 @@ class RedisBroker(AbstractBroker):
     # ----------------------------------------------------------------- encoding
 
     @staticmethod
-    def _static(task: Task) -> str:
-        """The task's unchanging fields as JSON: payload and metadata included."""
-        fields = {
-            "id": task.id,
-            "name": task.name,
-            "priority": task.priority,
-            "created_at": task.created_at.timestamp(),
-            "max_retries": task.max_retries,
-            "timeout": task.timeout,
-            "payload": task.payload,
-            "metadata": task.metadata,
-        }
+    def _static(task: Task, created: str | None = None) -> str:
+        """The task's unchanging fields as JSON: payload and metadata included.
+
+        `created` is `task.created_at` as JSON when the caller has it already (a bulk
+        call shares one creation time).
+        """
+        if type(task.max_retries) is not int:
+            raise TypeError(f"max_retries must be an int, got {task.max_retries!r}")
+        timeout = task.timeout
+        extra = ""
         if task.depends_on:
-            fields["depends_on"] = task.depends_on
+            extra = ',"depends_on":' + dumps(task.depends_on, "depends_on")
         if task.context:
-            fields["context"] = task.context
-        try:
-            return dumps(fields, "task")
-        except PayloadError:
-            dumps(task.payload, "payload")  # raise naming the field as the user knows it
-            dumps(task.metadata, "metadata")
-            dumps(task.context, "context")
-            raise
+            extra += ',"context":' + dumps(task.context, "context")
+        # Formatted, not built as a dict and encoded: the payload is the only part that
+        # needs the encoder, and this runs once per task of a bulk call.
+        task_id, name = task.id, task.name
+        return _STATIC % (
+            # Generated ids and most names are ASCII: quoted by the C escaper alone.
+            _quote(task_id)
+            if type(task_id) is str and task_id.isascii()
+            else _json_text(task_id, "id"),
+            _quote(name) if type(name) is str and name.isascii() else _json_text(name, "name"),
+            task.priority,
+            created or repr(task.created_at.timestamp()),
+            task.max_retries,
+            "null" if timeout is None else dumps(timeout, "timeout"),
+            dumps(task.payload, "payload"),
+            dumps(task.metadata, "metadata") if task.metadata else "{}",
+            extra,
+        )
 
     def _decode(self, fields: Mapping[Any, Any] | Sequence[Any]) -> Task:
         """Build a Task from a task hash (an HGETALL dict or flat reply list)."""
@@ -592,12 +659,20 @@ class RedisBroker(AbstractBroker):
 
     # ----------------------------------------------------------------- producing
 
-    def _encode_new(self, task: Task) -> str:
-        """Check what the store needs of a new task and return its static JSON."""
-        check_priority(task.priority)
-        if task.depends_on:
-            task.depends_on = list(dict.fromkeys(task.depends_on))
-        return self._static(task)
+    def _encode_all(self, tasks: Sequence[Task]) -> list[str]:
+        """Check what the store needs of each new task and return their static JSON."""
+        encoded = []
+        created_at: datetime | None = None
+        created = ""
+        for task in tasks:
+            check_priority(task.priority)
+            if task.depends_on:
+                task.depends_on = list(dict.fromkeys(task.depends_on))
+            if task.created_at is not created_at:  # a bulk call shares one creation time
+                created_at = task.created_at
+                created = repr(created_at.timestamp())
+            encoded.append(self._static(task, created))
+        return encoded
 
     @staticmethod
     def _enqueue_args(tasks: Sequence[Task], encoded: Sequence[str]) -> tuple[list[Any], bool]:
@@ -606,9 +681,26 @@ class RedisBroker(AbstractBroker):
 
         The script adds each delay to the server's clock when it runs, so the delays are
         computed just before the batch is sent, not before the whole call was encoded.
+        Tasks that share their priority, due time and retries and have no parents (a
+        typical bulk call) go in the compact layout: those values once, then id and data
+        per task.
         """
         now = time.time()
-        args: list[Any] = [len(tasks)]
+        first = tasks[0]
+        due, priority, retries = first.scheduled_at, first.priority, first.max_retries
+        if all(
+            task.scheduled_at == due
+            and task.priority == priority
+            and task.max_retries == retries
+            and not task.depends_on
+            for task in tasks
+        ):
+            delay_ms = max(0, int((due.timestamp() - now) * 1000))
+            args: list[Any] = [len(tasks), "same", priority, delay_ms, retries + 1]
+            for task, data in zip(tasks, encoded, strict=True):
+                args += (task.id, data)
+            return args, delay_ms > 0
+        args = [len(tasks), "each"]
         delayed = False
         for task, data in zip(tasks, encoded, strict=True):
             delay_ms = max(0, int((task.scheduled_at.timestamp() - now) * 1000))
@@ -628,7 +720,7 @@ class RedisBroker(AbstractBroker):
         if not tasks:
             return []
         # Every task is encoded before any is sent, so a bad payload stores nothing.
-        encoded = [self._encode_new(task) for task in tasks]
+        encoded = self._encode_all(tasks)
         # Bounded script runs: at most _ENQUEUE_BATCH tasks each. A connection lost
         # between two batches leaves the first ones stored, and a retry of the call is
         # safe (idempotent ids).
@@ -659,24 +751,7 @@ class RedisBroker(AbstractBroker):
                     await asyncio.wait(earlier)
                     args, _ = self._enqueue_args(part, data)
                 pending[index] = self._fast.send_now(prefix, args)
-        stored = [
-            Task(
-                task.name,
-                _json_view(task.payload),
-                task.priority,
-                task.id,
-                task.scheduled_at,
-                task.created_at,
-                TaskStatus.PENDING,
-                0,
-                task.max_retries,
-                task.timeout,
-                metadata=_json_view(task.metadata),
-                depends_on=list(task.depends_on),
-                context=_json_view(task.context) if task.context else {},
-            )
-            for task in tasks
-        ]
+        stored = [_as_stored(task) for task in tasks]
         flags: list[Any] = []
         for future, (part, data) in zip(pending, batches, strict=True):
             reply = None

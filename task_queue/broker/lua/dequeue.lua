@@ -37,6 +37,7 @@ if request ~= '' and max_tasks > 0 then
     for i = 1, #earlier, 2 do
       local h = read(PREFIX .. earlier[i], unpack(LEASE_FIELDS))
       if h and h[3] == 'processing' and h[6] == earlier[i + 1] then
+        h[1] = earlier[i]
         for j = 7, 12 do
           h[j] = h[j] or ''
         end
@@ -104,6 +105,7 @@ if max_tasks > 0 then
     local key = PREFIX .. id
     local h = read(key, unpack(LEASE_FIELDS))
     if h then
+      h[1] = id
       token = token + 1
       h[3] = 'processing'
       h[4] = (tonumber(h[4]) or 0) + 1

@@ -23,8 +23,9 @@
 --   <tag>:stats:<minute>  hash completed/failed/cancelled -> how many tasks became final
 --                         in that minute (minutes since the epoch, Redis clock); expires
 --                         after STATS_TTL
--- Task hash fields: id, data (static JSON), status, attempts, max_attempts, token, score,
--- due, worker, started, finished, result, error, progress, cancel, reason, lost, deps
+-- Task hash fields: data (static JSON, which holds the id), status, attempts,
+-- max_attempts, token, score, due (absent: due when created), worker, started,
+-- finished, result, error, progress, cancel, reason, lost, deps
 -- (parents not completed yet), parents (the parent ids, each as "<length>:<id>"),
 -- context (JSON), logs (JSON records, one per line), nlogs (how many lines logs holds).
 -- A task's state is the set holding its id; `status` in its hash always agrees with it.
@@ -39,7 +40,9 @@ local STATS_PREFIX = string.sub(K_SEQ, 1, -4) .. 'stats:'  -- "<tag>:seq" -> "<t
 local STATS_TTL = (24 * 60 + 1) * 60000  -- monitoring.STATS_RETENTION_MINUTES, plus one
 
 -- The fields a worker needs of a task it leases, in the order redis.py decodes them.
-local LEASE_FIELDS = {'id', 'data', 'status', 'attempts', 'max_attempts', 'token', 'due',
+-- The first is read only because `read` needs a field every task has; the script puts
+-- the task's id in its place.
+local LEASE_FIELDS = {'status', 'data', 'status', 'attempts', 'max_attempts', 'token', 'due',
   'error', 'progress', 'cancel', 'started', 'context'}
 
 local finished_ids = {}   -- ids made final by this run, published once at the end
