@@ -92,7 +92,27 @@ def normalize(value: Any, where: str = "value") -> Any:
         return value
     if type(value) is str and is_text(value):
         return value
+    if type(value) is dict and _flat(value):
+        return dict(value)
     return _decode(dumps(value, where))
+
+
+def _flat(value: dict[Any, Any]) -> bool:
+    """True for an object of str keys and plain JSON values (no containers): JSON gives
+    it back unchanged, so a shallow copy is its normalized form."""
+    for key, item in value.items():
+        if type(key) is not str or not (key.isascii() or is_text(key)):
+            return False
+        kind = type(item)
+        if kind is str:
+            if not (item.isascii() or is_text(item)):
+                return False
+        elif kind is float:
+            if item - item != 0.0:  # inf or nan: not JSON
+                return False
+        elif kind is not int and kind is not bool and item is not None:
+            return False
+    return True
 
 
 def _explain(value: Any, path: str, cause: BaseException) -> PayloadError:

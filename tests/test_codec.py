@@ -31,6 +31,28 @@ def test_text_that_is_valid_unicode_passes() -> None:
     assert normalize("é") == "é"
 
 
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"a": 1, "ratio": float("nan")}, r"payload\['ratio'\] .*nan is not a finite number"),
+        ({"limit": float("-inf")}, r"payload\['limit'\] .*-inf is not a finite number"),
+        ({NAME: 1}, r"payload\['caf\\udce9.txt'\] .* the key holds a lone"),
+        ({"a": b"bytes"}, r"payload\['a'\] .*object of type bytes"),
+    ],
+)
+def test_a_flat_object_is_checked_like_any_other(value: object, where: str) -> None:
+    with pytest.raises(PayloadError, match=where):
+        normalize(value, "payload")
+
+
+def test_normalize_gives_a_fresh_copy_as_json_reads_it_back() -> None:
+    flat = {"a": 1, "b": 2.5, "c": "x", "d": None, "e": True}
+    copy = normalize(flat)
+    assert copy == flat and copy is not flat
+    nested = {"list": (1, 2), 3: {"k": [1]}}
+    assert normalize(nested) == {"list": [1, 2], "3": {"k": [1]}}
+
+
 def test_task_errors_keep_lone_surrogates_as_escapes() -> None:
     error = TaskError.from_exception(OSError(f"cannot read {NAME}"), f"trace {NAME}")
     assert error.message == "cannot read caf\\udce9.txt"
