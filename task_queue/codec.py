@@ -19,6 +19,7 @@ from .models import Task, TaskError, TaskStatus
 __all__ = [
     "decode_task",
     "dumps",
+    "is_flat",
     "is_text",
     "encode_task",
     "loads",
@@ -92,14 +93,16 @@ def normalize(value: Any, where: str = "value") -> Any:
         return value
     if type(value) is str and is_text(value):
         return value
-    if type(value) is dict and _flat(value):
+    if is_flat(value):
         return dict(value)
     return _decode(dumps(value, where))
 
 
-def _flat(value: dict[Any, Any]) -> bool:
-    """True for an object of str keys and plain JSON values (no containers): JSON gives
-    it back unchanged, so a shallow copy is its normalized form."""
+def is_flat(value: Any) -> bool:
+    """True for a dict of str keys and plain values (str, int, float, bool, None; no
+    containers) that JSON can encode: it reads back from JSON unchanged."""
+    if type(value) is not dict:
+        return False
     for key, item in value.items():
         if type(key) is not str or not (key.isascii() or is_text(key)):
             return False

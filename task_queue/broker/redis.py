@@ -37,7 +37,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis missing: redis-py does all the work
     FastConnection = None  # type: ignore[assignment,misc]
 
-from ..codec import dumps, loads
+from ..codec import dumps, is_flat, loads
 from ..errors import (
     BrokerConnectionError,
     DecodeError,
@@ -226,17 +226,6 @@ def _logs(text: str) -> list[dict[str, Any]]:
     return [loads(line) for line in text.split("\n")] if text else []
 
 
-_PLAIN = frozenset({str, int, float, bool, type(None)})
-
-
-def _reads_back_unchanged(value: dict[str, Any]) -> bool:
-    """True when `value` is a flat object of plain values: JSON gives it back as it is."""
-    for key, item in value.items():
-        if type(key) is not str or type(item) not in _PLAIN:
-            return False
-    return True
-
-
 def _as_stored(task: Task) -> Task:
     """The new task `task` as the store gives it back.
 
@@ -248,7 +237,7 @@ def _as_stored(task: Task) -> Task:
     """
     for field in ("payload", "metadata", "context"):
         value = getattr(task, field)
-        if value and not _reads_back_unchanged(value):
+        if value and not is_flat(value):
             setattr(task, field, loads(dumps(value)))
     if (
         task.status is TaskStatus.PENDING
@@ -659,19 +648,49 @@ class RedisBroker(AbstractBroker):
 
     # ----------------------------------------------------------------- producing
 
-    def _encode_all(self, tasks: Sequence[Task]) -> list[str]:
-        """Check what the store needs of each new task and return their static JSON."""
-        encoded = []
-        created_at: datetime | None = None
-        created = ""
+    def _check_all(self, tasks: Sequence[Task]) -> list[str | None]:
+        """Check every new task for what the store needs, before any is sent.
+
+        Returns, per task, its static JSON when checking it meant encoding it, or None
+        when the task is so plain (ASCII id and name, a flat payload...) that encoding
+        it cannot fail: that one is encoded just before its batch is sent, while the
+        server stores the batches before it.
+        """
+        checked: list[str | None] = []
         for task in tasks:
             check_priority(task.priority)
             if task.depends_on:
                 task.depends_on = list(dict.fromkeys(task.depends_on))
-            if task.created_at is not created_at:  # a bulk call shares one creation time
-                created_at = task.created_at
-                created = repr(created_at.timestamp())
-            encoded.append(self._static(task, created))
+            task_id, name, timeout, metadata = task.id, task.name, task.timeout, task.metadata
+            if (
+                type(task_id) is str
+                and task_id.isascii()
+                and type(name) is str
+                and name.isascii()
+                and type(task.max_retries) is int
+                and (timeout is None or (type(timeout) is float and timeout - timeout == 0.0))
+                and not task.depends_on
+                and not task.context
+                and is_flat(task.payload)
+                and (not metadata or is_flat(metadata))
+            ):
+                checked.append(None)
+            else:
+                checked.append(self._static(task))  # raises naming what cannot be stored
+        return checked
+
+    def _encode_batch(self, tasks: Sequence[Task], checked: Sequence[str | None]) -> list[str]:
+        """The static JSON of `tasks`, checked by `_check_all` already."""
+        encoded = []
+        created_at: datetime | None = None
+        created = ""
+        for task, data in zip(tasks, checked, strict=True):
+            if data is None:
+                if task.created_at is not created_at:  # a bulk call shares one time
+                    created_at = task.created_at
+                    created = repr(created_at.timestamp())
+                data = self._static(task, created)
+            encoded.append(data)
         return encoded
 
     @staticmethod
@@ -719,30 +738,31 @@ class RedisBroker(AbstractBroker):
         """See `AbstractBroker.enqueue_many`."""
         if not tasks:
             return []
-        # Every task is encoded before any is sent, so a bad payload stores nothing.
-        encoded = self._encode_all(tasks)
+        # Every task is checked before any is sent, so a bad payload stores nothing.
+        checked = self._check_all(tasks)
         # Bounded script runs: at most _ENQUEUE_BATCH tasks each. A connection lost
         # between two batches leaves the first ones stored, and a retry of the call is
         # safe (idempotent ids).
         starts = range(0, len(tasks), _ENQUEUE_BATCH)
-        batches = [
-            (tasks[i : i + _ENQUEUE_BATCH], encoded[i : i + _ENQUEUE_BATCH]) for i in starts
-        ]
+        parts = [tasks[i : i + _ENQUEUE_BATCH] for i in starts]
+        checks = [checked[i : i + _ENQUEUE_BATCH] for i in starts]
+        encoded: list[list[str] | None] = [None] * len(parts)
         with_parents = any(task.depends_on for task in tasks)
-        if len(batches) > 1 and with_parents:
+        if len(parts) > 1 and with_parents:
             await self._check_parents(tasks)  # a bad parent must fail before any batch
         await self._ensure_checked()
-        pending: list[asyncio.Future[Any] | None] = [None] * len(batches)
+        pending: list[asyncio.Future[Any] | None] = [None] * len(parts)
         # With dependencies, several batches go one after another on the general path: a
         # retried batch must not let a later one, whose tasks may depend on it, run first.
-        if self._fast is not None and (len(batches) == 1 or not with_parents):
+        if self._fast is not None and (len(parts) == 1 or not with_parents):
             with contextlib.suppress(*_TRANSIENT):
                 await self._fast.open()  # else every batch takes the retrying path below
             # Written one after another on the one connection without yielding, so the
-            # batches run in order; the server runs them while we pack the next ones
-            # and build the stored copies below.
+            # batches run in order; the server stores each while we encode and pack the
+            # next ones.
             prefix = self._prefix("enqueue")
-            for index, (part, data) in enumerate(batches):
+            for index, part in enumerate(parts):
+                data = encoded[index] = self._encode_batch(part, checks[index])
                 args, delayed = self._enqueue_args(part, data)
                 earlier = [future for future in pending[:index] if future is not None]
                 if delayed and earlier and not all(future.done() for future in earlier):
@@ -753,7 +773,7 @@ class RedisBroker(AbstractBroker):
                 pending[index] = self._fast.send_now(prefix, args)
         stored = [_as_stored(task) for task in tasks]
         flags: list[Any] = []
-        for future, (part, data) in zip(pending, batches, strict=True):
+        for index, (future, part) in enumerate(zip(pending, parts, strict=True)):
             reply = None
             if future is not None:
                 try:
@@ -763,6 +783,8 @@ class RedisBroker(AbstractBroker):
             if reply is None:
                 # Not sent, the server forgot the script, or the connection failed: the
                 # general path reloads and retries (a rerun of a stored task is a no-op).
+                data = encoded[index] or self._encode_batch(part, checks[index])
+                encoded[index] = data
                 reply = await self._script("enqueue", *self._enqueue_args(part, data)[0])
             if reply and int(reply[0]) == -3:
                 child, parent = _text(reply[1]), _text(reply[2])

@@ -133,7 +133,7 @@ local function store(i, id, data, priority, delay, max_attempts, parents_at, k)
 end
 
 if same then
-  local priority, delay, max_attempts = ARGV[7], ARGV[8], ARGV[9]
+  local priority, delay, max_attempts = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
   for i = 0, n - 1 do
     store(i, ARGV[10 + 2 * i], ARGV[11 + 2 * i], priority, delay, max_attempts, 0, 0)
   end
