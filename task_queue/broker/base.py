@@ -149,7 +149,12 @@ class AbstractBroker(ABC):
 
     @abstractmethod
     async def enqueue(self, task: Task) -> Task:
-        """Store `task` as PENDING, due at `task.scheduled_at`, and return the stored copy.
+        """Store `task` as PENDING, due at `task.scheduled_at`, and return it as stored.
+
+        The result is either a copy or, for a broker that keeps only serialized tasks
+        (Redis), `task` itself, its payload, metadata and context replaced by fresh
+        copies where JSON would not give them back unchanged. Either way it shares no
+        mutable value with the broker.
 
         Idempotent on `task.id`: when a task with that id already exists, nothing changes
         and the existing task is returned, so a producer may safely retry after a timeout.

@@ -231,14 +231,8 @@ def _as_stored(task: Task) -> Task:
 
     A task that is new in every field (the usual case) is returned itself, its payload,
     metadata and context replaced by fresh JSON copies where JSON would not give them
-    back unchanged; anything else gets a fresh PENDING copy. Either way the result shares
-    no mutable value with what the caller passed in except flat objects the caller
-    handed over.
+    back unchanged; anything else gets a fresh PENDING copy.
     """
-    for field in ("payload", "metadata", "context"):
-        value = getattr(task, field)
-        if value and not is_flat(value):
-            setattr(task, field, loads(dumps(value)))
     if (
         task.status is TaskStatus.PENDING
         and task.attempts == 0
@@ -252,10 +246,14 @@ def _as_stored(task: Task) -> Task:
         and not task.cancel_requested
         and not task.logs
     ):
+        for field in ("payload", "metadata", "context"):
+            value = getattr(task, field)
+            if value and not is_flat(value):
+                setattr(task, field, loads(dumps(value)))
         return task
     return Task(
         task.name,
-        dict(task.payload),
+        _json_copy(task.payload),
         task.priority,
         task.id,
         task.scheduled_at,
@@ -264,10 +262,15 @@ def _as_stored(task: Task) -> Task:
         0,
         task.max_retries,
         task.timeout,
-        metadata=dict(task.metadata),
+        metadata=_json_copy(task.metadata),
         depends_on=list(task.depends_on),
-        context=dict(task.context),
+        context=_json_copy(task.context),
     )
+
+
+def _json_copy(value: dict[str, Any]) -> dict[str, Any]:
+    """A new copy of `value` as JSON reads it back (it was encoded once, so it can be)."""
+    return dict(value) if is_flat(value) else loads(dumps(value))
 
 
 _STATIC = (
@@ -793,6 +796,8 @@ class RedisBroker(AbstractBroker):
                     f"task {child!r} depends on {parent!r}, which does not exist (or has expired)",
                 )
             flags += reply
+        if flags.count(1) == len(tasks):  # all stored as new: the usual case
+            return stored
         for index, (task, flag) in enumerate(zip(tasks, flags, strict=True)):
             if int(flag) != 1:
                 existing = await self.get_task(task.id)

@@ -146,6 +146,20 @@ async def test_enqueue_returns_pending_copy(broker: AbstractBroker) -> None:
     assert stored.attempts == 0
 
 
+async def test_a_used_task_object_is_stored_as_a_new_pending_task(
+    broker: AbstractBroker,
+) -> None:
+    task = make(payload={"rows": [1, 2]}, status=TaskStatus.COMPLETED, attempts=2, result=7)
+    task.progress, task.token, task.logs = 0.5, 4, [{"message": "old"}]
+    stored = await broker.enqueue(task)
+    assert (stored.status, stored.attempts, stored.result) == (TaskStatus.PENDING, 0, None)
+    assert (stored.progress, stored.token, stored.logs) == (0.0, 0, [])
+    task.payload["rows"].append(3)  # the caller's list, changed after the call
+    assert stored.payload == {"rows": [1, 2]}
+    again = await broker.get_task(task.id)
+    assert again is not None and again.status is TaskStatus.PENDING and again.attempts == 0
+
+
 async def test_enqueue_is_idempotent_on_id(broker: AbstractBroker) -> None:
     first = make(payload={"v": 1})
     await broker.enqueue(first)
