@@ -89,7 +89,9 @@ local function store(i, id, data, priority, delay, max_attempts, parents_at, k)
   end
   stored[id] = true
   local seq = (last - n + 1 + i) % 4294967296
-  local score = tonumber(priority) * 4294967296 + seq
+  -- As text once, for the hash and the ready set: '%d' is exact and cheaper than the
+  -- float formatting Redis would apply to a number twice.
+  local score = string.format('%d', tonumber(priority) * 4294967296 + seq)
   local due = now + math.max(0, tonumber(delay))
   -- attempts, token and progress start absent and read as 0; so does due, for a task
   -- due at once (every hash field costs a bulk enqueue time)
