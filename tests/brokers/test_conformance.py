@@ -160,6 +160,21 @@ async def test_a_used_task_object_is_stored_as_a_new_pending_task(
     assert again is not None and again.status is TaskStatus.PENDING and again.attempts == 0
 
 
+async def test_an_id_given_twice_in_one_call_is_stored_once(broker: AbstractBroker) -> None:
+    first, second, other = make(payload={"v": 1}), make(payload={"v": 2}), make()
+    second.id = first.id
+    stored = await broker.enqueue_many([first, other, second])  # all ids new to the store
+    assert [t.payload for t in stored] == [{"v": 1}, {}, {"v": 1}]
+    existing = await broker.enqueue(make(payload={"v": "old"}))
+    again = make(payload={"v": "new"})
+    again.id = existing.id
+    stored = await broker.enqueue_many([make(), again, again])
+    assert [t.payload for t in stored[1:]] == [{"v": "old"}, {"v": "old"}]
+    assert (await broker.count_tasks())[TaskStatus.PENDING] == 4
+    leased = await broker.dequeue_many(10)
+    assert {t.id for t in leased} == {first.id, other.id, existing.id, stored[0].id}
+
+
 async def test_enqueue_is_idempotent_on_id(broker: AbstractBroker) -> None:
     first = make(payload={"v": 1})
     await broker.enqueue(first)
