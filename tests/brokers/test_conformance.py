@@ -207,6 +207,29 @@ async def test_enqueue_many_stores_nothing_when_one_is_bad(broker: AbstractBroke
     assert sum((await broker.count_tasks()).values()) == 0
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"payload": {"when": datetime.now(UTC)}},
+        {"payload": {"nested": [1, float("inf")]}},
+        {"metadata": {"x": {1, 2}}},
+        {"context": {"x": object()}},
+        {"priority": 10**9},
+    ],
+    ids=["payload", "nested-payload", "metadata", "context", "priority"],
+)
+async def test_a_bad_task_late_in_a_large_call_stores_nothing(
+    broker: AbstractBroker, bad: dict[str, object]
+) -> None:
+    # Large enough for several script runs on Redis: the last batch is the bad one.
+    tasks = [make(payload={"n": i}) for i in range(2600)]
+    tasks[-1] = make(**bad)
+    with pytest.raises((TypeError, ValueError)):
+        await broker.enqueue_many(tasks)
+    assert sum((await broker.count_tasks()).values()) == 0
+    assert await broker.get_task(tasks[0].id) is None
+
+
 async def test_payload_reads_back_as_json(broker: AbstractBroker) -> None:
     task = make(payload={"t": (1, 2), "n": None, "u": "é", 7: 1.5}, metadata={"m": (3,)})
     expected = {"t": [1, 2], "n": None, "u": "é", "7": 1.5}
