@@ -111,8 +111,10 @@ async def test_add_tasks_bulk_is_all_or_nothing(make_service: Any) -> None:
         await service.add_tasks([{"name": "job", "prio": 1}])
     assert sum((await service.broker.count_tasks()).values()) == 0
     tasks = await service.add_tasks([{"name": "job", "payload": {"n": i}} for i in range(50)])
-    assert len({t.id for t in tasks}) == 50
-    assert (await service.broker.count_tasks())[TaskStatus.PENDING] == 50
+    more = await service.add_tasks({"name": "job", "payload": {"n": i}} for i in range(50))
+    ids = [t.id for t in tasks + more]
+    assert len(set(ids)) == 100 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert (await service.broker.count_tasks())[TaskStatus.PENDING] == 100
 
 
 async def test_producer_only_service_accepts_unregistered_names(make_service: Any) -> None:
