@@ -195,9 +195,9 @@ async def test_delays_count_from_when_the_batch_is_sent(
     # not that much later. Here encoding takes 0.6 s in all.
     encode = RedisBroker._static
 
-    def slow_encode(task: Task, created: str | None = None) -> str:
+    def slow_encode(task: Task, middle: str | None = None) -> str:
         time.sleep(0.001)
-        return encode(task, created)
+        return encode(task, middle)
 
     monkeypatch.setattr(RedisBroker, "_static", staticmethod(slow_encode))
     due = datetime.fromtimestamp(time.time() + 30, UTC)

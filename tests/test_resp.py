@@ -23,6 +23,25 @@ def test_pack_encodes_commands_in_resp() -> None:
         pack(("SET", "k", True))
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("A", -12, 0, "b"), b"*4\r\n$1\r\nA\r\n$3\r\n-12\r\n$1\r\n0\r\n$1\r\nb\r\n"),
+        (("x", "漢字", 7), b"*3\r\n$1\r\nx\r\n$6\r\n\xe6\xbc\xa2\xe5\xad\x97\r\n$1\r\n7\r\n"),
+        (("x", b"\xff\x00", "é"), b"*3\r\n$1\r\nx\r\n$2\r\n\xff\x00\r\n$2\r\n\xc3\xa9\r\n"),
+        (("", "a\r\nb"), b"*2\r\n$0\r\n\r\n$4\r\na\r\nb\r\n"),
+    ],
+    ids=["ints", "non-ascii", "bytes", "empty-and-crlf"],
+)
+def test_pack_counts_bytes_not_characters(args: tuple[Any, ...], expected: bytes) -> None:
+    assert pack(args) == expected
+
+
+def test_pack_refuses_text_that_is_not_valid_unicode() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        pack(("SET", "k", "caf\udce9"))
+
+
 @pytest.fixture
 async def conn() -> AsyncIterator[FastConnection]:
     await require_real_redis()

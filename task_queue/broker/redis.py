@@ -226,12 +226,13 @@ def _logs(text: str) -> list[dict[str, Any]]:
     return [loads(line) for line in text.split("\n")] if text else []
 
 
-def _as_stored(task: Task) -> Task:
+def _as_stored(task: Task, flat: bool = False) -> Task:
     """The new task `task` as the store gives it back.
 
     A task that is new in every field (the usual case) is returned itself, its payload,
     metadata and context replaced by fresh JSON copies where JSON would not give them
-    back unchanged; anything else gets a fresh PENDING copy.
+    back unchanged (`flat`: the caller checked that they are flat already); anything
+    else gets a fresh PENDING copy.
     """
     if (
         task.status is TaskStatus.PENDING
@@ -246,10 +247,11 @@ def _as_stored(task: Task) -> Task:
         and not task.cancel_requested
         and not task.logs
     ):
-        for field in ("payload", "metadata", "context"):
-            value = getattr(task, field)
-            if value and not is_flat(value):
-                setattr(task, field, loads(dumps(value)))
+        if not flat:
+            for field in ("payload", "metadata", "context"):
+                value = getattr(task, field)
+                if value and not is_flat(value):
+                    setattr(task, field, loads(dumps(value)))
         return task
     return Task(
         task.name,
@@ -273,9 +275,8 @@ def _json_copy(value: dict[str, Any]) -> dict[str, Any]:
     return dict(value) if is_flat(value) else loads(dumps(value))
 
 
-_STATIC = (
-    '{"id":%s,"name":%s,"priority":%d,"created_at":%s,"max_retries":%d,"timeout":%s,'
-    '"payload":%s,"metadata":%s%s}'
+_STATIC_MIDDLE = (
+    ',"name":%s,"priority":%d,"created_at":%s,"max_retries":%d,"timeout":%s,"payload":'
 )
 
 
@@ -546,15 +547,15 @@ class RedisBroker(AbstractBroker):
     # ----------------------------------------------------------------- encoding
 
     @staticmethod
-    def _static(task: Task, created: str | None = None) -> str:
+    def _static(task: Task, middle: str | None = None) -> str:
         """The task's unchanging fields as JSON: payload and metadata included.
 
-        `created` is `task.created_at` as JSON when the caller has it already (a bulk
-        call shares one creation time).
+        `middle` is `_static_middle(task)` when the caller has it already (tasks of a
+        bulk call share it).
         """
         if type(task.max_retries) is not int:
             raise TypeError(f"max_retries must be an int, got {task.max_retries!r}")
-        timeout = task.timeout
+        task_id = task.id
         extra = ""
         if task.depends_on:
             extra = ',"depends_on":' + dumps(task.depends_on, "depends_on")
@@ -562,20 +563,32 @@ class RedisBroker(AbstractBroker):
             extra += ',"context":' + dumps(task.context, "context")
         # Formatted, not built as a dict and encoded: the payload is the only part that
         # needs the encoder, and this runs once per task of a bulk call.
-        task_id, name = task.id, task.name
-        return _STATIC % (
-            # Generated ids and most names are ASCII: quoted by the C escaper alone.
-            _quote(task_id)
-            if type(task_id) is str and task_id.isascii()
-            else _json_text(task_id, "id"),
+        return (
+            '{"id":'
+            # Generated ids are ASCII: quoted by the C escaper alone.
+            + (
+                _quote(task_id)
+                if type(task_id) is str and task_id.isascii()
+                else _json_text(task_id, "id")
+            )
+            + (middle or RedisBroker._static_middle(task))
+            + dumps(task.payload, "payload")
+            + (',"metadata":' + dumps(task.metadata, "metadata") if task.metadata else "")
+            + extra
+            + "}"
+        )
+
+    @staticmethod
+    def _static_middle(task: Task) -> str:
+        """The static JSON between the id and the payload: what tasks of one bulk call
+        usually share."""
+        name, timeout = task.name, task.timeout
+        return _STATIC_MIDDLE % (
             _quote(name) if type(name) is str and name.isascii() else _json_text(name, "name"),
             task.priority,
-            created or repr(task.created_at.timestamp()),
+            repr(task.created_at.timestamp()),
             task.max_retries,
             "null" if timeout is None else dumps(timeout, "timeout"),
-            dumps(task.payload, "payload"),
-            dumps(task.metadata, "metadata") if task.metadata else "{}",
-            extra,
         )
 
     def _decode(self, fields: Mapping[Any, Any] | Sequence[Any]) -> Task:
@@ -685,14 +698,21 @@ class RedisBroker(AbstractBroker):
     def _encode_batch(self, tasks: Sequence[Task], checked: Sequence[str | None]) -> list[str]:
         """The static JSON of `tasks`, checked by `_check_all` already."""
         encoded = []
-        created_at: datetime | None = None
-        created = ""
+        last: Task | None = None
+        middle = ""
         for task, data in zip(tasks, checked, strict=True):
             if data is None:
-                if task.created_at is not created_at:  # a bulk call shares one time
-                    created_at = task.created_at
-                    created = repr(created_at.timestamp())
-                data = self._static(task, created)
+                if not (  # tasks of a bulk call share these: formatted once
+                    last is not None
+                    and task.created_at is last.created_at
+                    and task.name is last.name
+                    and task.priority == last.priority
+                    and task.max_retries == last.max_retries
+                    and task.timeout == last.timeout
+                ):
+                    middle = self._static_middle(task)
+                last = task
+                data = self._static(task, middle)
             encoded.append(data)
         return encoded
 
@@ -774,7 +794,9 @@ class RedisBroker(AbstractBroker):
                     await asyncio.wait(earlier)
                     args, _ = self._enqueue_args(part, data)
                 pending[index] = self._fast.send_now(prefix, args)
-        stored = [_as_stored(task) for task in tasks]
+        stored = [
+            _as_stored(task, check is None) for task, check in zip(tasks, checked, strict=True)
+        ]
         flags: list[Any] = []
         for index, (future, part) in enumerate(zip(pending, parts, strict=True)):
             reply = None

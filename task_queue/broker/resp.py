@@ -63,9 +63,37 @@ class Prefix:
         self.data = b"".join([_bulk(arg) for arg in args])
 
 
+class _NotText(Exception):
+    """An argument that `pack` must encode as bytes (bytes, a float...)."""
+
+
+def _bulk_text(arg: Any) -> str:
+    """`_bulk` as text, for a str or an int; `_NotText` for the other types."""
+    kind = type(arg)
+    if kind is str:
+        return f"${len(arg.encode())}\r\n{arg}\r\n"
+    if kind is int:
+        text = str(arg)
+        return f"${len(text)}\r\n{text}\r\n"
+    raise _NotText(kind)
+
+
 def pack(args: Sequence[Any], prefix: Prefix | None = None) -> bytes:
     """Encode one command in RESP: the `prefix` arguments (if any), then `args`."""
-    body = b"".join([_bulk(arg) for arg in args])
+    try:
+        # Written as one text and encoded once: cheaper than encoding argument by
+        # argument when they are many (a bulk enqueue sends two per task). The length
+        # of an ASCII str is its length in bytes.
+        body = "".join(
+            [
+                f"${len(arg)}\r\n{arg}\r\n"
+                if type(arg) is str and arg.isascii()
+                else _bulk_text(arg)
+                for arg in args
+            ]
+        ).encode()
+    except _NotText:  # bytes, floats...: argument by argument
+        body = b"".join([_bulk(arg) for arg in args])
     if prefix is None:
         return b"*%d\r\n%b" % (len(args), body)
     return b"*%d\r\n%b%b" % (prefix.count + len(args), prefix.data, body)
