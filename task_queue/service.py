@@ -55,6 +55,7 @@ Executor = Callable[[Task], Any]
 E = TypeVar("E", bound=Executor)
 
 _MAX_ID_LENGTH = 256
+_PENDING = TaskStatus.PENDING  # an enum member read from its class costs a lookup each time
 
 
 @dataclass(slots=True)
@@ -413,7 +414,7 @@ class TaskQueueService:
             task_id,
             due,
             now,
-            TaskStatus.PENDING,
+            _PENDING,
             0,
             max_retries,
             timeout,
