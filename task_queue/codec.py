@@ -45,8 +45,6 @@ _encode_chunks = (
 def _encode(value: Any) -> str:
     if _encode_chunks is None:  # pragma: no cover - CPython always has the C encoder
         return _encoder.encode(value)
-    if type(value) is str:  # the C encoder takes containers and numbers, not bare strings
-        return json.encoder.encode_basestring(value)
     return "".join(_encode_chunks(value, 0))
 
 
@@ -113,9 +111,17 @@ def is_flat(value: Any) -> bool:
         elif kind is float:
             if item - item != 0.0:  # inf or nan: not JSON
                 return False
-        elif kind is not int and kind is not bool and item is not None:
+        elif kind is int:
+            # A huge int may have more digits than str() gives (sys.int_info): the
+            # full encoder decides.
+            if not -_BIG_INT < item < _BIG_INT:
+                return False
+        elif kind is not bool and item is not None:
             return False
     return True
+
+
+_BIG_INT = 2**63
 
 
 def _explain(value: Any, path: str, cause: BaseException) -> PayloadError:

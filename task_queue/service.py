@@ -335,7 +335,7 @@ class TaskQueueService:
     ) -> Task:
         # Bulk enqueues call this once per task: each check tests the common case with
         # an exact type first and only then the slower general one.
-        if type(name) is not str or not name:
+        if (type(name) is not str and not isinstance(name, str)) or not name:
             raise TypeError(f"task name must be a non-empty str, got {name!r}")
         if not name.isascii() and not is_text(name):
             raise ValueError(f"task name {name!r} holds a lone surrogate: not valid Unicode")

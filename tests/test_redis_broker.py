@@ -188,6 +188,28 @@ async def test_delayed_task_is_handed_out_when_due(broker: RedisBroker) -> None:
 
 
 @REDIS_KINDS
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("max_retries", 10**5000, ValueError),
+        ("created_at", "2024-01-01", TypeError),
+        ("scheduled_at", 1700000000.0, TypeError),
+    ],
+    ids=["huge-max-retries", "created-at-str", "scheduled-at-float"],
+)
+async def test_a_task_the_store_cannot_hold_fails_the_call_before_any_batch(
+    broker: RedisBroker, field: str, value: object, error: type[Exception]
+) -> None:
+    # Checked before the first of the two batches goes out, not when its own is encoded.
+    tasks = [Task("job", payload={"n": i}) for i in range(1500)]
+    setattr(tasks[-1], field, value)
+    with pytest.raises(error):
+        await broker.enqueue_many(tasks)
+    assert await broker.get_task(tasks[0].id) is None
+    assert sum((await broker.count_tasks()).values()) == 0
+
+
+@REDIS_KINDS
 async def test_delays_count_from_when_the_batch_is_sent(
     broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

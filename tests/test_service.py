@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import threading
 from collections.abc import Mapping
@@ -115,6 +116,24 @@ async def test_add_tasks_bulk_is_all_or_nothing(make_service: Any) -> None:
     ids = [t.id for t in tasks + more]
     assert len(set(ids)) == 100 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert (await service.broker.count_tasks())[TaskStatus.PENDING] == 100
+
+
+class JobName(enum.StrEnum):
+    JOB = "job"
+
+
+class Retries(int):
+    """An int subclass, as some config libraries hand out."""
+
+
+async def test_enum_names_and_int_subclasses_are_accepted(make_service: Any) -> None:
+    service = await make_service({"job": noop})
+    one = await service.add_task(JobName.JOB, {"a": 1}, max_retries=Retries(2))
+    many = await service.add_tasks([{"name": JobName.JOB, "max_retries": Retries(1)}] * 3)
+    for task in [one, *many]:
+        stored = await service.get_task(task.id)
+        assert stored is not None and stored.name == "job"
+    assert (await service.get_task(one.id)).max_retries == 2  # type: ignore[union-attr]
 
 
 async def test_producer_only_service_accepts_unregistered_names(make_service: Any) -> None:

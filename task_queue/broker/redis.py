@@ -137,6 +137,7 @@ def _split_ids(message: Any) -> list[str]:
 
 
 _ENQUEUE_BATCH = 1000
+_BIG = 2**31  # a max_retries at or above this is checked by encoding it, not assumed fine
 _LEASE_BATCH = 1000  # most tasks one dequeue or renew script handles
 
 _LEASE_FIELDS = (
@@ -285,7 +286,7 @@ _quote = json.encoder.encode_basestring
 
 def _json_text(value: str, where: str) -> str:
     """A str as a JSON string; `PayloadError` naming `where` when it is not valid text."""
-    if type(value) is not str:
+    if not isinstance(value, str):
         raise PayloadError(f"{where} must be a str, got {type(value).__name__}", where)
     return dumps(value, where)
 
@@ -553,7 +554,7 @@ class RedisBroker(AbstractBroker):
         `middle` is `_static_middle(task)` when the caller has it already (tasks of a
         bulk call share it).
         """
-        if type(task.max_retries) is not int:
+        if isinstance(task.max_retries, bool) or not isinstance(task.max_retries, int):
             raise TypeError(f"max_retries must be an int, got {task.max_retries!r}")
         task_id = task.id
         extra = ""
@@ -677,6 +678,9 @@ class RedisBroker(AbstractBroker):
             check_priority(task.priority)
             if task.depends_on:
                 task.depends_on = list(dict.fromkeys(task.depends_on))
+            for field in ("created_at", "scheduled_at"):  # read when the batch is sent
+                if not isinstance(getattr(task, field), datetime):
+                    raise TypeError(f"{field} must be a datetime, got {getattr(task, field)!r}")
             task_id, name, timeout, metadata = task.id, task.name, task.timeout, task.metadata
             if (
                 type(task_id) is str
@@ -684,6 +688,8 @@ class RedisBroker(AbstractBroker):
                 and type(name) is str
                 and name.isascii()
                 and type(task.max_retries) is int
+                and 0 <= task.max_retries < _BIG
+                and type(task.created_at) is datetime
                 and (timeout is None or (type(timeout) is float and timeout - timeout == 0.0))
                 and not task.depends_on
                 and not task.context

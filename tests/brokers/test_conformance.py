@@ -215,8 +215,9 @@ async def test_enqueue_many_stores_nothing_when_one_is_bad(broker: AbstractBroke
         {"metadata": {"x": {1, 2}}},
         {"context": {"x": object()}},
         {"priority": 10**9},
+        {"payload": {"digits": 10**5000}},
     ],
-    ids=["payload", "nested-payload", "metadata", "context", "priority"],
+    ids=["payload", "nested-payload", "metadata", "context", "priority", "huge-int"],
 )
 async def test_a_bad_task_late_in_a_large_call_stores_nothing(
     broker: AbstractBroker, bad: dict[str, object]
