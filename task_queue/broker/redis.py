@@ -678,9 +678,11 @@ class RedisBroker(AbstractBroker):
             check_priority(task.priority)
             if task.depends_on:
                 task.depends_on = list(dict.fromkeys(task.depends_on))
-            for field in ("created_at", "scheduled_at"):  # read when the batch is sent
-                if not isinstance(getattr(task, field), datetime):
-                    raise TypeError(f"{field} must be a datetime, got {getattr(task, field)!r}")
+            created_at, scheduled_at = task.created_at, task.scheduled_at
+            if not (type(created_at) is datetime or isinstance(created_at, datetime)):
+                raise TypeError(f"created_at must be a datetime, got {created_at!r}")
+            if not (type(scheduled_at) is datetime or isinstance(scheduled_at, datetime)):
+                raise TypeError(f"scheduled_at must be a datetime, got {scheduled_at!r}")
             task_id, name, timeout, metadata = task.id, task.name, task.timeout, task.metadata
             if (
                 type(task_id) is str
@@ -689,7 +691,7 @@ class RedisBroker(AbstractBroker):
                 and name.isascii()
                 and type(task.max_retries) is int
                 and 0 <= task.max_retries < _BIG
-                and type(task.created_at) is datetime
+                and type(created_at) is datetime
                 and (timeout is None or (type(timeout) is float and timeout - timeout == 0.0))
                 and not task.depends_on
                 and not task.context
