@@ -37,7 +37,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis missing: redis-py does all the work
     FastConnection = None  # type: ignore[assignment,misc]
 
-from ..codec import dumps, is_flat, loads
+from ..codec import dumps, is_flat, loads, normalize
 from ..errors import (
     BrokerConnectionError,
     DecodeError,
@@ -252,11 +252,11 @@ def _as_stored(task: Task, flat: bool = False) -> Task:
             for field in ("payload", "metadata", "context"):
                 value = getattr(task, field)
                 if value and not is_flat(value):
-                    setattr(task, field, loads(dumps(value)))
+                    setattr(task, field, normalize(value))
         return task
     return Task(
         task.name,
-        _json_copy(task.payload),
+        normalize(task.payload),
         task.priority,
         task.id,
         task.scheduled_at,
@@ -265,15 +265,10 @@ def _as_stored(task: Task, flat: bool = False) -> Task:
         0,
         task.max_retries,
         task.timeout,
-        metadata=_json_copy(task.metadata),
+        metadata=normalize(task.metadata),
         depends_on=list(task.depends_on),
-        context=_json_copy(task.context),
+        context=normalize(task.context),
     )
-
-
-def _json_copy(value: dict[str, Any]) -> dict[str, Any]:
-    """A new copy of `value` as JSON reads it back (it was encoded once, so it can be)."""
-    return dict(value) if is_flat(value) else loads(dumps(value))
 
 
 _STATIC_MIDDLE = (
