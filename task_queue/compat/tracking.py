@@ -33,6 +33,7 @@ _REFRESH_LIMIT = 1000
 _READ_EACH_MAX = 32  # up to this many tasks to refresh are read one by one
 _PRUNE_EVERY = 1024
 _RETRY_CAP = 5.0
+_EARLY_LIMIT = 1024
 
 
 class _Record:
@@ -79,6 +80,10 @@ class TaskTracker:
         self._on_gone = on_gone
         self._records: dict[str, _Record] = {}
         self._adopting: dict[str, _Record] = {}  # asked for by id, not added here
+        # Runs that began before `track`: a task added here can be leased and run
+        # before its `add_task` call returns. Only the newest _EARLY_LIMIT are kept
+        # (tasks added by other processes land here too and are never tracked).
+        self._early: dict[str, _Record] = {}
         self._watching = True
         self._finishing: set[asyncio.Future[None]] = set()
         self._added = 0
@@ -95,7 +100,10 @@ class TaskTracker:
         """Start tracking `task` (a broker snapshot) and watch it until it is final."""
         record = self._records.get(task.id)
         if record is None:
-            record = _Record(TaskInfo.from_task(task), follows)
+            record = self._early.pop(task.id, None)
+            if record is None:
+                record = _Record(TaskInfo.from_task(task), follows)
+            record.follows = follows
             self._records[task.id] = record
             self._added += 1
             if self._added % _PRUNE_EVERY == 0:
@@ -132,10 +140,19 @@ class TaskTracker:
             record.info.error = "cancelled on request"
             record.info.completed_at = utcnow()
 
+    def _running(self, task: Task) -> _Record:
+        """The record of a task this process runs, tracked yet or not."""
+        record = self._records.get(task.id) or self._early.get(task.id)
+        if record is None:
+            record = self._early[task.id] = _Record(TaskInfo.from_task(task), None)
+            if len(self._early) > _EARLY_LIMIT:
+                del self._early[next(iter(self._early))]
+        return record
+
     def started(self, task: Task) -> None:
         """The task began running in this process."""
-        record = self._records.get(task.id)
-        if record is not None and not record.info.status.is_final:
+        record = self._running(task)
+        if not record.info.status.is_final:
             record.running_here = True
             record.info.status = TaskStatus.RUNNING
             record.info.started_at = task.started_at or utcnow()
@@ -149,7 +166,7 @@ class TaskTracker:
 
     def left(self, task_id: str, exception: BaseException | None = None) -> None:
         """The task's function returned or raised `exception` in this process."""
-        record = self._records.get(task_id)
+        record = self._records.get(task_id) or self._early.get(task_id)
         if record is not None:
             record.running_here = False
             record.ran_here = True

@@ -713,3 +713,28 @@ async def test_stop_returns_even_when_a_cancel_is_lost() -> None:
     await asyncio.wait_for(broker.waiting.wait(), TIMEOUT)
     await asyncio.wait_for(worker.stop(), TIMEOUT)
     await broker.close()
+
+
+async def test_a_run_that_fails_before_add_task_returns_keeps_its_exception() -> None:
+    """A task added here can be leased, run and failed before `add_task` returns."""
+    from task_queue.compat.tracking import TaskTracker
+
+    broker = InMemoryBroker()
+
+    async def on_final(task: Task) -> None:
+        return None
+
+    tracker = TaskTracker(broker, on_final, retention=60)
+    stored = await broker.enqueue(Task("t"))
+    leased = await broker.dequeue()
+    assert leased is not None
+    error = RuntimeError("boom")
+    tracker.started(leased)
+    tracker.left(leased.id, error)
+    assert await broker.mark_failed(leased.id, error, token=leased.token)
+    tracker.track(stored)  # only now does add_task get its reply
+    with pytest.raises(RuntimeError) as info:
+        await asyncio.wait_for(tracker.future(stored.id), 5)
+    assert info.value is error
+    await tracker.stop()
+    await broker.close()
