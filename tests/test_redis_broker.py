@@ -146,14 +146,43 @@ async def test_final_tasks_are_deleted_after_their_retention(
 @REDIS_KINDS
 async def test_scripts_are_reloaded_after_the_server_forgets_them(broker: RedisBroker) -> None:
     await broker.enqueue(Task("job"))
+    assert broker._use_functions
     if broker.client.__class__.__name__.startswith("Fake"):
         await broker.client.script_flush()
+        await broker.client.function_flush()
     else:
-        # Never flush a shared server's scripts: make this broker forget instead.
-        broker._shas = {name: "0" * 40 for name in broker._shas}
-        broker._shas["dequeue"] = "f" * 40
+        # Never flush a shared server: delete only this version's library (any other
+        # broker using it loads it again, as this one must).
+        library = next(iter(broker._functions.values())).rsplit("_", 1)[0]
+        await broker.client.function_delete(library)
     got = await broker.dequeue()
     assert got is not None
+
+
+@REDIS_KINDS
+async def test_a_server_without_functions_runs_the_scripts_with_evalsha(
+    broker_factory: BrokerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.asyncio import Redis
+    from redis.exceptions import ResponseError
+
+    async def refused(self: Any, code: str, replace: bool = False) -> Any:
+        raise ResponseError("unknown command 'FUNCTION'")  # as Redis 6 answers
+
+    monkeypatch.setattr(Redis, "function_load", refused)
+    broker = await broker_factory()
+    assert isinstance(broker, RedisBroker)
+    task = await broker.enqueue(Task("job", {"n": 1}))
+    assert broker._use_functions is False
+    got = await broker.dequeue()
+    assert got is not None and got.id == task.id and got.token is not None
+    assert await broker.mark_complete(got.id, "done", token=got.token)
+    final = await broker.get_task(task.id)
+    assert final is not None and final.status is TaskStatus.COMPLETED
+    if broker.client.__class__.__name__.startswith("Fake"):
+        await broker.client.script_flush()  # NOSCRIPT: reloaded as a script, not a function
+    second = await broker.enqueue(Task("job"))
+    assert (await broker.get_task(second.id)) is not None
 
 
 # ------------------------------------------------------------------ waking
@@ -170,6 +199,83 @@ async def test_idle_dequeue_is_woken_by_another_process(broker_factory: BrokerFa
         got = await asyncio.wait_for(waiting, 5)
         assert got is not None and got.id == task.id
         assert time.perf_counter() - started < 1.0  # far below the 5 s idle wait
+    finally:
+        await producer.close()
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    """Wait until `condition()` holds (checked every event-loop turn), or fail."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - a broker's inner state has no event
+            await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("broker_kind", ["redis-real"])
+async def test_the_lease_after_a_wake_up_takes_no_extra_round_trip(
+    broker_factory: BrokerFactory,
+) -> None:
+    consumer, producer = await pair(broker_factory, max_idle_wait=5.0)
+    leases = 0
+    plain_lease = consumer._lease
+
+    async def counted(*args: Any) -> Any:
+        nonlocal leases
+        leases += 1
+        return await plain_lease(*args)
+
+    consumer._lease = counted  # type: ignore[method-assign]
+    try:
+        waiting = asyncio.create_task(consumer.dequeue(timeout=10))
+        await until(lambda: consumer._priming)  # blocked, the lease queued behind
+        task = await producer.enqueue(Task("job"))
+        got = await asyncio.wait_for(waiting, 5)
+        assert got is not None and got.id == task.id
+        assert leases == 1  # the first look found nothing; the wake-up brought the task
+    finally:
+        await producer.close()
+
+
+@pytest.mark.parametrize("broker_kind", ["redis-real"])
+async def test_a_due_time_ends_the_blocking_wait(broker: RedisBroker) -> None:
+    due = datetime.now(UTC) + timedelta(seconds=0.3)
+    task = await broker.enqueue(Task("job", scheduled_at=due))
+    got = await broker.dequeue(timeout=4)  # max_idle_wait is 5 s: the wake-up is ours
+    assert got is not None and got.id == task.id
+    assert datetime.now(UTC) - due < timedelta(seconds=0.25)
+    assert await broker.client.exists(broker._self_wake) == 0  # our wake-up was used
+
+
+@pytest.mark.parametrize("broker_kind", ["redis-real"])
+async def test_a_left_over_wake_up_does_not_cut_the_next_wait_short(
+    broker: RedisBroker,
+) -> None:
+    await broker.client.zadd(broker._self_wake, {"w": 0})  # as a race would leave it
+    started = time.monotonic()
+    assert await broker.dequeue_many(5, timeout=0.3) == []
+    assert time.monotonic() - started >= 0.29
+    task = await broker.enqueue(Task("job"))
+    got = await broker.dequeue(timeout=1)
+    assert got is not None and got.id == task.id
+
+
+@pytest.mark.parametrize("broker_kind", ["redis-real"])
+async def test_a_cancelled_blocking_dequeue_leaves_nothing_leased(
+    broker_factory: BrokerFactory,
+) -> None:
+    consumer, producer = await pair(broker_factory, max_idle_wait=5.0)
+    try:
+        waiting = asyncio.create_task(consumer.dequeue(timeout=10))
+        await until(lambda: consumer._priming)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not consumer._priming
+        task = await producer.enqueue(Task("job"))
+        counts = await producer.count_tasks()
+        assert counts[TaskStatus.PENDING] == 1 and counts[TaskStatus.PROCESSING] == 0
+        got = await consumer.dequeue(timeout=2)  # the blocking line still works
+        assert got is not None and got.id == task.id
+        assert await consumer.client.exists(consumer._self_wake) == 0
     finally:
         await producer.close()
 

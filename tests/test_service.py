@@ -483,7 +483,8 @@ async def test_lost_lease_stops_the_local_run(broker_factory: BrokerFactory) -> 
         await finish.wait()
         return "stale"
 
-    service = TaskQueueService(broker, {"slow": slow}, retry_policy=FAST_RETRY)
+    # No prefetch: the service must not lease the released task again before "other".
+    service = TaskQueueService(broker, {"slow": slow}, retry_policy=FAST_RETRY, prefetch=0)
     service.start_workers(1)
     task = await service.add_task("slow")
     await asyncio.wait_for(started.wait(), 5)

@@ -156,16 +156,39 @@ _LEASE_FIELDS = (
 )
 
 
-def _load_script(name: str) -> str:
+def _lua(name: str) -> str:
     folder = resources.files(__package__ or "task_queue.broker") / "lua"
-    prelude = (folder / "lib.lua").read_text(encoding="utf-8")
-    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
-    return f"{prelude}\n{body}"
+    return (folder / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _load_script(name: str) -> str:
+    """Script `name` for EVALSHA: lib.lua, then the body with this call's keys bound."""
+    return f"{_lua('lib')}\nbind(KEYS, ARGV)\n{_lua(name)}"
+
+
+def _load_library(names: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """The scripts as one Redis Functions library: its code and each script's function.
+
+    lib.lua's helpers are then made once, when the library loads, instead of at every
+    call. The library's name holds a digest of its code, so processes of two versions
+    of task_queue can share a server.
+    """
+    bodies = {name: _lua(name) for name in names}
+    digest = hashlib.sha1(
+        "\n".join([_lua("lib"), *bodies.values()]).encode(), usedforsecurity=False
+    ).hexdigest()[:16]
+    functions = {name: f"task_queue_{digest}_{name}" for name in names}
+    parts = [f"#!lua name=task_queue_{digest}", _lua("lib")]
+    for name, body in bodies.items():
+        parts.append(
+            f"redis.register_function('{functions[name]}', function(KEYS, ARGV)\n"
+            f"bind(KEYS, ARGV)\n{body}\nend)"
+        )
+    return "\n".join(parts), functions
 
 
 def _load_standalone(name: str) -> str:
-    folder = resources.files(__package__ or "task_queue.broker") / "lua"
-    return (folder / f"{name}.lua").read_text(encoding="utf-8")
+    return _lua(name)
 
 
 def _decode_leased(values: Sequence[Any], worker: str | None) -> Task:
@@ -286,6 +309,17 @@ def _json_text(value: str, where: str) -> str:
     return dumps(value, where)
 
 
+def _is_missing_script(exc: Exception) -> bool:
+    """NOSCRIPT, or FCALL of a function the server does not have."""
+    return isinstance(exc, redis_errors.NoScriptError) or "function not found" in str(exc).lower()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's error as seen: nobody awaits a wake-up that only says "go on"."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _ms_to_dt(value: str | None) -> datetime | None:
     if value is None or value == "":
         return None
@@ -382,11 +416,19 @@ class RedisBroker(AbstractBroker):
                 for name in _OPS_SCRIPTS
             }
         )
+        self._library, self._functions = _load_library(_SCRIPTS)
+        # Whether the scripts run as the functions of a library (FCALL); None until the
+        # first call finds out (servers before Redis 7 have no functions).
+        self._use_functions: bool | None = None
         self._prefixes: dict[str, tuple[str, Prefix]] = {}
         self._checked = False
         self._outage_logged = False
         self._wake_task: asyncio.Future[Any] | None = None
         self._wake_prefix: Prefix | None = None
+        # Our own wake key, next to the shared one: a ZADD to it ends this process's
+        # BZPOPMIN early (a due time came, or the caller gave up).
+        self._self_wake = f"{tag}:wake:{uuid.uuid4().hex}"
+        self._priming = False
         self._waiting = 0
         self._background: set[asyncio.Future[Any]] = set()
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
@@ -468,6 +510,12 @@ class RedisBroker(AbstractBroker):
             return
         self._checked = True
         await self._check_settings()
+        if self._use_functions is None:
+            try:
+                await self._retrying(self._load_functions, "loading functions")
+            except BaseException:
+                self._checked = False
+                raise
 
     async def _check_settings(self) -> None:
         """Warn when the server's settings can lose tasks (no AOF, evicting keys)."""
@@ -497,14 +545,42 @@ class RedisBroker(AbstractBroker):
                 policy_value,
             )
 
+    async def _load_functions(self) -> None:
+        """Load the scripts' library, or find that this server has no functions."""
+        try:
+            await self.client.function_load(self._library, replace=True)
+        except redis_errors.ResponseError as exc:
+            if self._use_functions is None:  # an older server, or an ACL without FUNCTION
+                logger.info(
+                    "Redis at %s cannot load functions (%s); scripts run with EVALSHA",
+                    self._url,
+                    exc,
+                )
+                self._use_functions = False
+                return
+            raise
+        self._use_functions = True
+
     def _prefix(self, name: str) -> Prefix:
-        """EVALSHA, the script's SHA, the keys and the common arguments, packed once."""
-        sha = self._shas[name]
+        """FCALL or EVALSHA, the script, the keys and the common arguments, packed once."""
+        if self._use_functions:
+            command, script = "FCALL", self._functions.get(name)
+        else:
+            command, script = "EVALSHA", None
+        if script is None:
+            command, script = "EVALSHA", self._shas[name]
         cached = self._prefixes.get(name)
-        if cached is None or cached[0] != sha:
-            packed = Prefix("EVALSHA", sha, len(self._keys), *self._keys, *self._common)
-            cached = self._prefixes[name] = (sha, packed)
+        if cached is None or cached[0] != script:
+            packed = Prefix(command, script, len(self._keys), *self._keys, *self._common)
+            cached = self._prefixes[name] = (script, packed)
         return cached[1]
+
+    async def _reload(self, name: str) -> None:
+        """After NOSCRIPT or a missing function (a restarted server): load it again."""
+        if self._use_functions and name in self._functions:
+            await self._load_functions()
+        else:
+            self._shas[name] = _text(await self.client.script_load(self._sources[name]))
 
     async def _script(self, name: str, *args: Any) -> Any:
         await self._ensure_checked()
@@ -515,25 +591,30 @@ class RedisBroker(AbstractBroker):
                 try:
                     return await fast.execute_prefixed(self._prefix(name), args)
                 except redis_errors.NoScriptError:
-                    sha = await fast.execute("SCRIPT", "LOAD", self._sources[name])
-                    self._shas[name] = _text(sha)
+                    await self._reload(name)
                     return await fast.execute_prefixed(self._prefix(name), args)
 
             return await self._retrying(run_fast, name)
 
         argv = [*self._common, *args]
 
+        async def call() -> Any:
+            if self._use_functions:
+                return await self.client.fcall(
+                    self._functions[name], len(self._keys), *self._keys, *argv
+                )
+            return await self.client.evalsha(self._shas[name], len(self._keys), *self._keys, *argv)
+
         async def run() -> Any:
             try:
-                return await self.client.evalsha(
-                    self._shas[name], len(self._keys), *self._keys, *argv
-                )
-            except redis_errors.NoScriptError:
-                # The server forgot its scripts (a restart or SCRIPT FLUSH): load and rerun.
-                self._shas[name] = _text(await self.client.script_load(self._sources[name]))
-                return await self.client.evalsha(
-                    self._shas[name], len(self._keys), *self._keys, *argv
-                )
+                return await call()
+            except redis_errors.ResponseError as exc:
+                # The server forgot its scripts (a restart, SCRIPT or FUNCTION FLUSH):
+                # load them and run again.
+                if not _is_missing_script(exc):
+                    raise
+                await self._reload(name)
+                return await call()
 
         return await self._retrying(run, name)
 
@@ -877,10 +958,14 @@ class RedisBroker(AbstractBroker):
         give_up = None if timeout is None else loop.time() + timeout
         lease_ms = int(self.lease_seconds * 1000)
         me = asyncio.current_task()
+        primed: tuple[int, list[Any]] | None = None
         while True:
             if self._closed:
                 raise BrokerConnectionError(f"{self._url}: broker closed")
-            wait_ms, raw = await self._lease(max_tasks, lease_ms, worker_id or "")
+            if primed is None:
+                wait_ms, raw = await self._lease(max_tasks, lease_ms, worker_id or "")
+            else:
+                wait_ms, raw = primed
             if me is not None and me.cancelling():
                 # Cancelled while the script ran (or a client library such as fakeredis
                 # swallowed the cancellation): hand back what was leased, then stop.
@@ -910,12 +995,14 @@ class RedisBroker(AbstractBroker):
                 wait = min(wait, int(wait_ms) / 1000)
             if remaining is not None:
                 wait = min(wait, remaining)
-            await self._wait_wake(wait)
+            primed = await self._wait_and_lease(wait, max_tasks, lease_ms, worker_id or "")
 
-    async def _lease(self, max_tasks: int, lease_ms: int, worker: str) -> tuple[int, list[Any]]:
+    async def _lease(
+        self, max_tasks: int, lease_ms: int, worker: str, request: str | None = None
+    ) -> tuple[int, list[Any]]:
         """Run the dequeue script to its end even if our caller is cancelled meanwhile."""
         # A retry after a lost reply sends the same request id and gets the same tasks.
-        request = uuid.uuid4().hex
+        request = request or uuid.uuid4().hex
         call = asyncio.ensure_future(
             self._script("dequeue", max_tasks, lease_ms, worker, self.maintenance_batch, request)
         )
@@ -998,6 +1085,115 @@ class RedisBroker(AbstractBroker):
             await self._script("fail", task_id, _text_lenient(values[5]), error, "")
             return None
 
+    async def _wait_and_lease(
+        self, wait: float, max_tasks: int, lease_ms: int, worker: str
+    ) -> tuple[int, list[Any]] | None:
+        """Wait up to `wait` seconds for work, and lease it in the same breath if we can.
+
+        On the blocking connection the dequeue script is written right behind BZPOPMIN.
+        Redis runs a client's commands in order, so it leases the moment the wait ends
+        (an enqueue woke us, or we woke ourselves when `wait` ran out) and its reply
+        follows the wake-up without a round trip back to us. Returns that lease's reply,
+        or None when only the wait could be done (the caller then leases itself).
+        """
+        if wait <= 0:
+            return None
+        block, fast, current = self._fast_block, self._fast, self._wake_task
+        if block is None or fast is None or not block.connected:
+            with contextlib.suppress(*_TRANSIENT):
+                if block is not None:
+                    await block.open()
+            current = self._wake_task
+        if (
+            block is None
+            or fast is None
+            or not block.connected
+            or self._priming
+            or (current is not None and not current.done())
+        ):
+            await self._wait_wake(wait)
+            return None
+        if self._wake_prefix is None:
+            self._wake_prefix = self._wake_command()
+        request = uuid.uuid4().hex
+        woken = block.send_now(self._wake_prefix, ())
+        leasing = block.send_now(
+            self._prefix("dequeue"),
+            (max_tasks, lease_ms, worker, self.maintenance_batch, request),
+        )
+        assert woken is not None
+        assert leasing is not None
+        woken.add_done_callback(_retrieve)
+        self._wake_task = woken  # other waiters in this process wake with it
+        self._priming = True
+        try:
+            try:
+                # Redis times blocking calls out in steps of 1/hz seconds (100 ms by
+                # default): a due time is kept here and BZPOPMIN is woken for it.
+                if wait < self.max_idle_wait:
+                    await asyncio.wait({leasing}, timeout=wait)
+                else:  # its own timeout ends it; ours is only a safety net
+                    await asyncio.wait({leasing}, timeout=wait + 1.0)
+                if not leasing.done():
+                    await self._end_block(woken, leasing)
+            except asyncio.CancelledError:
+                await self._end_block(woken, leasing)
+                reply = await self._settle(leasing, max_tasks, lease_ms, worker, request)
+                await self._hand_back(reply[1])
+                raise
+            return await self._settle(leasing, max_tasks, lease_ms, worker, request)
+        finally:
+            self._priming = False
+            if self._wake_task is woken:
+                self._wake_task = None
+
+    def _wake_command(self) -> Prefix:
+        return Prefix("BZPOPMIN", self._keys[7], self._self_wake, self.max_idle_wait)
+
+    async def _end_block(self, woken: asyncio.Future[Any], leasing: asyncio.Future[Any]) -> None:
+        """Wake our own BZPOPMIN so the lease queued behind it runs now."""
+        assert self._fast is not None
+        assert self._fast_block is not None
+        try:
+            await asyncio.gather(
+                self._fast.execute("ZADD", self._self_wake, 0, "w"),
+                self._fast.execute("PEXPIRE", self._self_wake, 60_000),  # if we die now
+            )
+            await asyncio.wait({leasing}, timeout=max(1.0, self.max_idle_wait))
+            if leasing.done() and not woken.cancelled() and woken.exception() is None:
+                popped = woken.result()
+                if popped is not None and _text(popped[0]) != self._self_wake:
+                    # An enqueue woke us first: our wake-up is still there and would
+                    # end the next wait at once.
+                    await self._fast.execute("DEL", self._self_wake)
+        except (redis_errors.RedisError, OSError):
+            pass
+        if not leasing.done():
+            # No answer: drop the connection, so the queued lease can no longer run;
+            # _settle then leases again under the same request id.
+            await self._fast_block.close()
+
+    async def _settle(
+        self,
+        leasing: asyncio.Future[Any],
+        max_tasks: int,
+        lease_ms: int,
+        worker: str,
+        request: str,
+    ) -> tuple[int, list[Any]]:
+        """The reply of the lease queued behind BZPOPMIN, or of its rerun.
+
+        Rerun when the script was missing (a restarted server) or the connection failed:
+        the same request id gives back the tasks of a run whose reply was lost.
+        """
+        try:
+            reply = await leasing
+        except (redis_errors.NoScriptError, *_TRANSIENT):
+            return await self._lease(max_tasks, lease_ms, worker, request)
+        wait_ms, raw, bad, recovered = reply
+        self._report_upkeep(bad, recovered)
+        return int(wait_ms), list(raw)
+
     async def _wait_wake(self, wait: float) -> None:
         """Sleep up to `wait` seconds, or until another process enqueues work."""
         if wait <= 0:
@@ -1027,12 +1223,14 @@ class RedisBroker(AbstractBroker):
         if block is None:
             return None
         if self._wake_prefix is None:
-            self._wake_prefix = Prefix("BZPOPMIN", self._keys[7], self.max_idle_wait)
+            self._wake_prefix = self._wake_command()
         return block.send_now(self._wake_prefix, ())
 
     async def _block_on_wake(self) -> Any:
         if self._fast_block is not None:
-            return await self._fast_block.execute("BZPOPMIN", self._keys[7], self.max_idle_wait)
+            return await self._fast_block.execute(
+                "BZPOPMIN", self._keys[7], self._self_wake, self.max_idle_wait
+            )
         return await self.client.bzpopmin(self._keys[7], timeout=self.max_idle_wait)
 
     def _wake_done(self, task: asyncio.Future[Any]) -> None:
@@ -1405,7 +1603,8 @@ class RedisBroker(AbstractBroker):
             finally:
                 subscribed.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    close: Any = pubsub.aclose  # typed in some redis-py versions only
+                    await close()
 
     def _wake_watchers(self, task_id: str | None) -> None:
         if task_id is None:
@@ -1505,7 +1704,7 @@ class RedisBroker(AbstractBroker):
             ids.update(_text(i) for i in await self.client.zrange(key, 0, -1))
         waiting = self._keys[8]
         keys = [self._task_key(i) for i in ids] + [f"{waiting}:{i}" for i in ids]
-        keys += self._keys + self._workers_keys
+        keys += self._keys + self._workers_keys + [self._self_wake]
         # Per-minute stats keys of the whole retention (by this host's clock, plus slack).
         current = int(time.time() // 60) + 2
         first = current - STATS_RETENTION_MINUTES - 4

@@ -100,7 +100,7 @@ def pack(args: Sequence[Any], prefix: Prefix | None = None) -> bytes:
 
 
 def _error(message: str) -> redis_errors.RedisError:
-    if message.startswith("NOSCRIPT"):
+    if message.startswith("NOSCRIPT") or message.startswith("ERR Function not found"):
         return redis_errors.NoScriptError(message)
     if message.startswith(("WRONGPASS", "NOAUTH", "invalid password")):
         return redis_errors.AuthenticationError(message)
@@ -237,6 +237,12 @@ class FastConnection:
         if protocol is None or protocol.lost is not None:
             protocol = await self._reconnect()
         return await self._send(protocol, args, prefix)
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is open (commands can be written at once)."""
+        protocol = self._protocol
+        return protocol is not None and protocol.lost is None
 
     async def open(self) -> None:
         """Connect now if not connected (ConnectionError when the server is unreachable)."""

@@ -1,5 +1,6 @@
--- lib.lua: helpers shared by every script; broker/redis.py puts this text in front of
--- each script before loading it, so a script is this prelude plus its own body.
+-- lib.lua: helpers shared by every script. broker/redis.py loads them once as a Redis
+-- Functions library (Redis 7+), with each script's body as one function of it; on an
+-- older server it puts this text in front of each body and runs it with EVALSHA.
 --
 -- KEYS (the same for every script, all under one hash tag):
 --   1 ready      zset  id -> priority * 2^32 + sequence
@@ -30,13 +31,12 @@
 -- context (JSON), logs (JSON records, one per line), nlogs (how many lines logs holds).
 -- A task's state is the set holding its id; `status` in its hash always agrees with it.
 
-local K_READY, K_DELAYED, K_INFLIGHT = KEYS[1], KEYS[2], KEYS[3]
-local K_FAILED, K_COMPLETED, K_CANCELLED = KEYS[4], KEYS[5], KEYS[6]
-local K_SEQ, K_WAKE, K_WAITING = KEYS[7], KEYS[8], KEYS[9]
-local PREFIX, CHANNEL = ARGV[1], ARGV[2]
-local RESULT_TTL, DEAD_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- Set by `bind` at the start of every call: a script runs `bind(KEYS, ARGV)` before its
+-- body, and so does each function of the library (see redis.py), whose upvalues
+-- outlive a call.
+local K_READY, K_DELAYED, K_INFLIGHT, K_FAILED, K_COMPLETED, K_CANCELLED
+local K_SEQ, K_WAKE, K_WAITING, PREFIX, CHANNEL, RESULT_TTL, DEAD_TTL, STATS_PREFIX
 local TRIM_BATCH = 500
-local STATS_PREFIX = string.sub(K_SEQ, 1, -4) .. 'stats:'  -- "<tag>:seq" -> "<tag>:stats:"
 local STATS_TTL = (24 * 60 + 1) * 60000  -- monitoring.STATS_RETENTION_MINUTES, plus one
 
 -- The fields a worker needs of a task it leases, in the order redis.py decodes them.
@@ -49,6 +49,16 @@ local finished_ids = {}   -- ids made final by this run, published once at the e
 local leaving = {}        -- set -> ids to remove from it, in one ZREM at the end
 local arriving = {}       -- final-state set -> {time, id, ...} to add in one ZADD at the end
 local counted = {}        -- final state -> how many tasks this run made final
+
+local function bind(keys, argv)
+  K_READY, K_DELAYED, K_INFLIGHT = keys[1], keys[2], keys[3]
+  K_FAILED, K_COMPLETED, K_CANCELLED = keys[4], keys[5], keys[6]
+  K_SEQ, K_WAKE, K_WAITING = keys[7], keys[8], keys[9]
+  PREFIX, CHANNEL = argv[1], argv[2]
+  RESULT_TTL, DEAD_TTL = tonumber(argv[3]), tonumber(argv[4])
+  STATS_PREFIX = string.sub(K_SEQ, 1, -4) .. 'stats:'  -- "<tag>:seq" -> "<tag>:stats:"
+  finished_ids, leaving, arriving, counted = {}, {}, {}, {}
+end
 
 local function now_ms()
   local t = redis.call('TIME')
