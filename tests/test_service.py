@@ -118,6 +118,25 @@ async def test_add_tasks_bulk_is_all_or_nothing(make_service: Any) -> None:
     assert (await service.broker.count_tasks())[TaskStatus.PENDING] == 100
 
 
+async def test_add_tasks_leaves_the_cycle_collector_as_it_found_it(make_service: Any) -> None:
+    import gc
+
+    service = await make_service({"job": noop})
+    many = [{"name": "job", "payload": {"n": i}} for i in range(600)]
+    assert gc.isenabled()
+    assert len(await service.add_tasks(many)) == 600
+    assert gc.isenabled()
+    with pytest.raises(UnknownTaskError):  # the last item is bad: raised mid-build
+        await service.add_tasks([*many, {"name": "other"}])
+    assert gc.isenabled()
+    gc.disable()  # the application's choice: kept
+    try:
+        await service.add_tasks(many)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 class JobName(enum.StrEnum):
     JOB = "job"
 
