@@ -138,6 +138,7 @@ def _split_ids(message: Any) -> list[str]:
 
 _ENQUEUE_BATCH = 1000
 _BIG = 2**31  # a max_retries at or above this is checked by encoding it, not assumed fine
+_SHORT_WAIT = 0.005  # seconds: an idle wait this short sleeps instead of blocking
 _LEASE_BATCH = 1000  # most tasks one dequeue or renew script handles
 
 _LEASE_FIELDS = (
@@ -1097,6 +1098,11 @@ class RedisBroker(AbstractBroker):
         or None when only the wait could be done (the caller then leases itself).
         """
         if wait <= 0:
+            return None
+        if wait < _SHORT_WAIT:
+            # A due time this close: waking ourselves would cost more than it saves, and
+            # an enqueue meanwhile still finds its wake-up waiting for the next wait.
+            await asyncio.sleep(wait)
             return None
         block, fast, current = self._fast_block, self._fast, self._wake_task
         if block is None or fast is None or not block.connected:
