@@ -151,12 +151,109 @@ async def test_scripts_are_reloaded_after_the_server_forgets_them(broker: RedisB
         await broker.client.script_flush()
         await broker.client.function_flush()
     else:
-        # Never flush a shared server: delete only this version's library (any other
-        # broker using it loads it again, as this one must).
-        library = next(iter(broker._functions.values())).rsplit("_", 1)[0]
-        await broker.client.function_delete(library)
+        # A shared server keeps its functions: make this broker forget its library's
+        # name instead (a flush on a server of its own is in the chaos tests' style
+        # below).
+        broker._functions = {name: f"{fn}_gone" for name, fn in broker._functions.items()}
+        broker._prefixes.clear()
+        broker._library = broker._library.replace("', function(KEYS", "_gone', function(KEYS")
     got = await broker.dequeue()
     assert got is not None
+
+
+async def test_a_server_that_lost_its_functions_gets_them_again(tmp_path: Any) -> None:
+    from tests.chaos.harness import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
+    try:
+        broker = RedisBroker.from_url(server.url, prefix=unique_prefix())
+        first = await broker.enqueue(Task("job"))
+        admin = server.client()
+        await admin.function_flush()  # our own server: as after a restart without AOF
+        await admin.script_flush()
+        second = await broker.enqueue(Task("job"))
+        got = [await broker.dequeue(), await broker.dequeue()]
+        assert {t.id for t in got if t is not None} == {first.id, second.id}
+        assert len(await admin.function_list()) == 1
+        await admin.aclose()
+        await broker.close()
+    finally:
+        server.stop()
+
+
+async def test_out_of_memory_purge_and_upkeep_still_free_memory(tmp_path: Any) -> None:
+    """Redis refuses a function whole when out of memory; the broker then runs the
+    script form, whose deletes Redis allows: memory can be freed."""
+    from redis.exceptions import ResponseError
+
+    from tests.chaos.harness import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    await server.start()
+    admin = server.client()
+    try:
+        broker = RedisBroker.from_url(server.url, prefix=unique_prefix())
+        await broker.enqueue_many([Task("job", {"pad": "x" * 1000}) for _ in range(500)])
+        used = int((await admin.info("memory"))["used_memory"])
+        await admin.config_set("maxmemory", used - 100_000)
+        with pytest.raises(ResponseError, match="OOM"):
+            await broker.enqueue(Task("job", {"pad": "y" * 1000}))
+        assert await broker.purge(TaskStatus.PENDING) == 500
+        await admin.config_set("maxmemory", 0)
+        assert await broker.enqueue(Task("job"))  # and functions again
+        assert broker._use_functions
+        await broker.close()
+    finally:
+        await admin.aclose()
+        server.stop()
+
+
+@pytest.mark.parametrize("broker_kind", ["redis-real"])
+async def test_an_undecodable_task_that_falls_due_while_waiting_is_failed_once(
+    broker: RedisBroker,
+) -> None:
+    due = datetime.now(UTC) + timedelta(seconds=0.3)
+    task = await broker.enqueue(Task("job", scheduled_at=due))
+    await broker.client.hset(broker._task_key(task.id), "data", "{not json")
+    fails = 0
+    plain_script = broker._script
+
+    async def counted(name: str, *args: Any) -> Any:
+        nonlocal fails
+        fails += name == "fail"
+        return await plain_script(name, *args)
+
+    broker._script = counted  # type: ignore[method-assign]
+    started = time.monotonic()
+    assert await broker.dequeue(timeout=1.5) is None
+    assert time.monotonic() - started < 3
+    assert fails == 1
+    assert await broker.client.hget(broker._task_key(task.id), "status") == b"failed"
+
+
+@pytest.mark.parametrize("broker_kind", ["redis-real"])
+async def test_closing_while_a_lease_rides_behind_the_wait_loses_no_task(
+    broker_factory: BrokerFactory,
+) -> None:
+    consumer, producer = await pair(broker_factory, max_idle_wait=5.0)
+    try:
+        waiting = asyncio.create_task(consumer.dequeue(timeout=10))
+        await until(lambda: consumer._priming)
+        task = await producer.enqueue(Task("job"))
+        await consumer.close()
+        try:
+            got = await asyncio.wait_for(waiting, 5)
+        except BrokerConnectionError:
+            got = None
+        stored = await producer.get_task(task.id)
+        assert stored is not None
+        if got is None:  # not leased: still there for any worker
+            assert stored.status is TaskStatus.PENDING
+        else:  # leased and handed to the caller, who can report on it
+            assert got.id == task.id and stored.status is TaskStatus.PROCESSING
+    finally:
+        await producer.close()
 
 
 @REDIS_KINDS

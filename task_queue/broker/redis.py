@@ -315,6 +315,11 @@ def _is_missing_script(exc: Exception) -> bool:
     return isinstance(exc, redis_errors.NoScriptError) or "function not found" in str(exc).lower()
 
 
+def _is_oom(exc: Exception) -> bool:
+    """Redis refused the call: it is out of memory (maxmemory with noeviction)."""
+    return isinstance(exc, redis_errors.OutOfMemoryError) or str(exc).startswith("OOM")
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a future's error as seen: nobody awaits a wake-up that only says "go on"."""
     if not future.cancelled():
@@ -430,6 +435,7 @@ class RedisBroker(AbstractBroker):
         # BZPOPMIN early (a due time came, or the caller gave up).
         self._self_wake = f"{tag}:wake:{uuid.uuid4().hex}"
         self._priming = False
+        self._primed_lease: asyncio.Future[Any] | None = None
         self._waiting = 0
         self._background: set[asyncio.Future[Any]] = set()
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
@@ -562,18 +568,22 @@ class RedisBroker(AbstractBroker):
             raise
         self._use_functions = True
 
-    def _prefix(self, name: str) -> Prefix:
-        """FCALL or EVALSHA, the script, the keys and the common arguments, packed once."""
-        if self._use_functions:
+    def _prefix(self, name: str, legacy: bool = False) -> Prefix:
+        """FCALL or EVALSHA, the script, the keys and the common arguments, packed once.
+
+        `legacy`: EVALSHA even when the library is loaded (see `_script`).
+        """
+        if self._use_functions and not legacy:
             command, script = "FCALL", self._functions.get(name)
         else:
             command, script = "EVALSHA", None
         if script is None:
             command, script = "EVALSHA", self._shas[name]
-        cached = self._prefixes.get(name)
+        key = f"{name}:legacy" if legacy else name
+        cached = self._prefixes.get(key)
         if cached is None or cached[0] != script:
             packed = Prefix(command, script, len(self._keys), *self._keys, *self._common)
-            cached = self._prefixes[name] = (script, packed)
+            cached = self._prefixes[key] = (script, packed)
         return cached[1]
 
     async def _reload(self, name: str) -> None:
@@ -594,13 +604,25 @@ class RedisBroker(AbstractBroker):
                 except redis_errors.NoScriptError:
                     await self._reload(name)
                     return await fast.execute_prefixed(self._prefix(name), args)
+                except redis_errors.ResponseError as exc:
+                    if not (_is_oom(exc) and self._use_functions):
+                        raise
+                # Out of memory, Redis refuses a function whole, but runs a script and
+                # refuses only its commands that add data: completing, failing and
+                # purging tasks, which free memory, keep working.
+                try:
+                    return await fast.execute_prefixed(self._prefix(name, legacy=True), args)
+                except redis_errors.NoScriptError:
+                    sha = await fast.execute("SCRIPT", "LOAD", self._sources[name])
+                    self._shas[name] = _text(sha)
+                    return await fast.execute_prefixed(self._prefix(name, legacy=True), args)
 
             return await self._retrying(run_fast, name)
 
         argv = [*self._common, *args]
 
-        async def call() -> Any:
-            if self._use_functions:
+        async def call(legacy: bool = False) -> Any:
+            if self._use_functions and not legacy:
                 return await self.client.fcall(
                     self._functions[name], len(self._keys), *self._keys, *argv
                 )
@@ -610,12 +632,20 @@ class RedisBroker(AbstractBroker):
             try:
                 return await call()
             except redis_errors.ResponseError as exc:
-                # The server forgot its scripts (a restart, SCRIPT or FUNCTION FLUSH):
-                # load them and run again.
-                if not _is_missing_script(exc):
+                if _is_oom(exc) and self._use_functions:
+                    legacy = True  # as in run_fast
+                elif _is_missing_script(exc):
+                    # The server forgot its scripts (a restart, SCRIPT or FUNCTION
+                    # FLUSH): load them and run again.
+                    legacy = False
+                    await self._reload(name)
+                else:
                     raise
-                await self._reload(name)
-                return await call()
+            try:
+                return await call(legacy)
+            except redis_errors.NoScriptError:
+                self._shas[name] = _text(await self.client.script_load(self._sources[name]))
+                return await call(legacy)
 
         return await self._retrying(run, name)
 
@@ -961,12 +991,12 @@ class RedisBroker(AbstractBroker):
         me = asyncio.current_task()
         primed: tuple[int, list[Any]] | None = None
         while True:
-            if self._closed:
-                raise BrokerConnectionError(f"{self._url}: broker closed")
             if primed is None:
+                if self._closed:
+                    raise BrokerConnectionError(f"{self._url}: broker closed")
                 wait_ms, raw = await self._lease(max_tasks, lease_ms, worker_id or "")
-            else:
-                wait_ms, raw = primed
+            else:  # leased already: handed out even if the broker closed meanwhile
+                (wait_ms, raw), primed = primed, None
             if me is not None and me.cancelling():
                 # Cancelled while the script ran (or a client library such as fakeredis
                 # swallowed the cancellation): hand back what was leased, then stop.
@@ -1105,13 +1135,13 @@ class RedisBroker(AbstractBroker):
             await asyncio.sleep(wait)
             return None
         block, fast, current = self._fast_block, self._fast, self._wake_task
-        if block is None or fast is None or not block.connected:
+        if block is not None and not block.connected and not self._closed:
             with contextlib.suppress(*_TRANSIENT):
-                if block is not None:
-                    await block.open()
+                await block.open()
             current = self._wake_task
         if (
-            block is None
+            self._closed
+            or block is None
             or fast is None
             or not block.connected
             or self._priming
@@ -1132,6 +1162,7 @@ class RedisBroker(AbstractBroker):
         woken.add_done_callback(_retrieve)
         self._wake_task = woken  # other waiters in this process wake with it
         self._priming = True
+        self._primed_lease = leasing
         try:
             try:
                 # Redis times blocking calls out in steps of 1/hz seconds (100 ms by
@@ -1150,6 +1181,7 @@ class RedisBroker(AbstractBroker):
             return await self._settle(leasing, max_tasks, lease_ms, worker, request)
         finally:
             self._priming = False
+            self._primed_lease = None
             if self._wake_task is woken:
                 self._wake_task = None
 
@@ -1168,9 +1200,9 @@ class RedisBroker(AbstractBroker):
             await asyncio.wait({leasing}, timeout=max(1.0, self.max_idle_wait))
             if leasing.done() and not woken.cancelled() and woken.exception() is None:
                 popped = woken.result()
-                if popped is not None and _text(popped[0]) != self._self_wake:
-                    # An enqueue woke us first: our wake-up is still there and would
-                    # end the next wait at once.
+                if popped is None or _text(popped[0]) != self._self_wake:
+                    # An enqueue (or the timeout) ended the wait first: our wake-up is
+                    # still there and would end the next wait at once.
                     await self._fast.execute("DEL", self._self_wake)
         except (redis_errors.RedisError, OSError):
             pass
@@ -1194,8 +1226,14 @@ class RedisBroker(AbstractBroker):
         """
         try:
             reply = await leasing
-        except (redis_errors.NoScriptError, *_TRANSIENT):
+        except (redis_errors.NoScriptError, *_TRANSIENT) as exc:
+            if self._closed:
+                raise BrokerConnectionError(f"{self._url}: broker closed") from exc
             return await self._lease(max_tasks, lease_ms, worker, request)
+        except redis_errors.ResponseError as exc:
+            if not _is_oom(exc):
+                raise
+            return await self._lease(max_tasks, lease_ms, worker, request)  # see _script
         wait_ms, raw, bad, recovered = reply
         self._report_upkeep(bad, recovered)
         return int(wait_ms), list(raw)
@@ -1687,6 +1725,14 @@ class RedisBroker(AbstractBroker):
     async def close(self) -> None:
         """Stop waiting calls and close the connection pool when this broker made it."""
         self._closed = True
+        leasing = self._primed_lease
+        if leasing is not None and not leasing.done() and self._fast is not None:
+            # A waiting dequeue's lease is queued behind BZPOPMIN: let it run now, so its
+            # caller gets what it leases instead of the tasks staying leased to nobody.
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await self._fast.execute("ZADD", self._self_wake, 0, "w")
+                await asyncio.wait({leasing}, timeout=1.0)
+                await self._fast.execute("DEL", self._self_wake)
         for task in (self._wake_task, self._listener):
             if task is not None and not task.done():
                 task.cancel()

@@ -106,6 +106,8 @@ def _error(message: str) -> redis_errors.RedisError:
         return redis_errors.AuthenticationError(message)
     if message.startswith("NOPERM"):
         return redis_errors.NoPermissionError(message)
+    if message.startswith("OOM"):
+        return redis_errors.OutOfMemoryError(message)
     if message.startswith("LOADING"):  # a restarted server reading its data: retried
         return redis_errors.BusyLoadingError(message)
     return redis_errors.ResponseError(message)

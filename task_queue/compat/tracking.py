@@ -101,7 +101,8 @@ class TaskTracker:
         record = self._records.get(task.id)
         if record is None:
             record = self._early.pop(task.id, None)
-            if record is None:
+            if record is None or record.info.created_at != task.created_at:
+                # (A run of an earlier task with the same id, since purged: not this one.)
                 record = _Record(TaskInfo.from_task(task), follows)
             record.follows = follows
             self._records[task.id] = record
@@ -113,18 +114,18 @@ class TaskTracker:
 
     def follows(self, task_id: str) -> str | None:
         """The id of the task `task_id` waits for (single flight), or None."""
-        record = self._records.get(task_id)
+        record = self._local(task_id)
         return None if record is None else record.follows
 
     def set_follows(self, task_id: str, leader: str | None) -> None:
         """Record which task `task_id` now waits for (None: it runs on its own)."""
-        record = self._records.get(task_id)
+        record = self._local(task_id)
         if record is not None:
             record.follows = leader
 
     def completed_now(self, task_id: str, result: Any) -> None:
         """Show a task completed at once (a cache hit) before the broker's word arrives."""
-        record = self._records.get(task_id)
+        record = self._local(task_id)
         if record is not None and not record.info.status.is_final:
             info = record.info
             info.status = TaskStatus.COMPLETED
@@ -140,9 +141,13 @@ class TaskTracker:
             record.info.error = "cancelled on request"
             record.info.completed_at = utcnow()
 
+    def _local(self, task_id: str) -> _Record | None:
+        """The record of a task, tracked or only run here so far."""
+        return self._records.get(task_id) or self._early.get(task_id)
+
     def _running(self, task: Task) -> _Record:
         """The record of a task this process runs, tracked yet or not."""
-        record = self._records.get(task.id) or self._early.get(task.id)
+        record = self._local(task.id)
         if record is None:
             record = self._early[task.id] = _Record(TaskInfo.from_task(task), None)
             if len(self._early) > _EARLY_LIMIT:
@@ -160,13 +165,13 @@ class TaskTracker:
 
     def progress(self, task_id: str, progress: float) -> None:
         """The task, running in this process, reported `progress`."""
-        record = self._records.get(task_id)
+        record = self._local(task_id)
         if record is not None and not record.info.status.is_final:
             record.info.progress = progress
 
     def left(self, task_id: str, exception: BaseException | None = None) -> None:
         """The task's function returned or raised `exception` in this process."""
-        record = self._records.get(task_id) or self._early.get(task_id)
+        record = self._local(task_id)
         if record is not None:
             record.running_here = False
             record.ran_here = True
@@ -175,18 +180,18 @@ class TaskTracker:
 
     def ran_here(self, task_id: str) -> bool:
         """True when this process ran the task's function (or found its result cached)."""
-        record = self._records.get(task_id)
+        record = self._local(task_id)
         return record is not None and record.ran_here
 
     def exception_of(self, task_id: str) -> BaseException | None:
         """The exception the task's function raised in this process, if it did."""
-        record = self._records.get(task_id)
+        record = self._local(task_id)
         return None if record is None else record.exception
 
     def share_exception(self, task_id: str, source_id: str) -> None:
         """Make `task_id`'s future raise the same exception object as `source_id`'s."""
-        source = self._records.get(source_id)
-        record = self._records.get(task_id)
+        source = self._local(source_id)
+        record = self._local(task_id)
         if source is not None and record is not None and source.exception is not None:
             record.exception = source.exception
 

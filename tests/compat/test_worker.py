@@ -738,3 +738,31 @@ async def test_a_run_that_fails_before_add_task_returns_keeps_its_exception() ->
     assert info.value is error
     await tracker.stop()
     await broker.close()
+
+
+async def test_a_run_of_an_earlier_task_with_the_same_id_is_not_adopted() -> None:
+    from task_queue.compat.tracking import TaskTracker
+
+    broker = InMemoryBroker()
+
+    async def on_final(task: Task) -> None:
+        return None
+
+    tracker = TaskTracker(broker, on_final, retention=60)
+    await broker.enqueue(Task("t", id="report-1"))
+    old = await broker.dequeue()
+    assert old is not None
+    tracker.started(old)
+    tracker.left(old.id, RuntimeError("old run"))
+    assert await broker.mark_failed(old.id, "old run", token=old.token)
+    assert await broker.purge(CoreStatus.FAILED) == 1
+    fresh = await broker.enqueue(Task("t", id="report-1"))
+    info = tracker.track(fresh)
+    assert info.status.value == "pending" and not tracker.ran_here(fresh.id)
+    leased = await broker.dequeue()
+    assert leased is not None
+    assert await broker.mark_failed(leased.id, "new run", token=leased.token)
+    with pytest.raises(TaskFailedError, match="new run"):
+        await asyncio.wait_for(tracker.future(fresh.id), 5)
+    await tracker.stop()
+    await broker.close()
