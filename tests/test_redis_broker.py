@@ -32,6 +32,24 @@ async def pair(broker_factory: BrokerFactory, **options: Any) -> tuple[RedisBrok
     return first, second
 
 
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    """Wait until `condition()` holds (checked every event-loop turn), or fail."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - a broker's inner state has no event
+            await asyncio.sleep(0)
+
+
+async def blocked_consumer(
+    broker_factory: BrokerFactory,
+) -> tuple[RedisBroker, RedisBroker, asyncio.Task[Task | None]]:
+    """A consumer whose dequeue is blocked, its lease queued behind the wait, and a
+    producer on the same queue."""
+    consumer, producer = await pair(broker_factory, max_idle_wait=5.0)
+    waiting = asyncio.create_task(consumer.dequeue(timeout=10))
+    await until(lambda: consumer._priming)
+    return consumer, producer, waiting
+
+
 # ------------------------------------------------------------------ secrets and URLs
 
 
@@ -236,10 +254,8 @@ async def test_an_undecodable_task_that_falls_due_while_waiting_is_failed_once(
 async def test_closing_while_a_lease_rides_behind_the_wait_loses_no_task(
     broker_factory: BrokerFactory,
 ) -> None:
-    consumer, producer = await pair(broker_factory, max_idle_wait=5.0)
+    consumer, producer, waiting = await blocked_consumer(broker_factory)
     try:
-        waiting = asyncio.create_task(consumer.dequeue(timeout=10))
-        await until(lambda: consumer._priming)
         task = await producer.enqueue(Task("job"))
         await consumer.close()
         try:
@@ -300,13 +316,6 @@ async def test_idle_dequeue_is_woken_by_another_process(broker_factory: BrokerFa
         await producer.close()
 
 
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    """Wait until `condition()` holds (checked every event-loop turn), or fail."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - a broker's inner state has no event
-            await asyncio.sleep(0)
-
-
 @pytest.mark.parametrize("broker_kind", ["redis-real"])
 async def test_the_lease_after_a_wake_up_takes_no_extra_round_trip(
     broker_factory: BrokerFactory,
@@ -359,10 +368,8 @@ async def test_a_left_over_wake_up_does_not_cut_the_next_wait_short(
 async def test_a_cancelled_blocking_dequeue_leaves_nothing_leased(
     broker_factory: BrokerFactory,
 ) -> None:
-    consumer, producer = await pair(broker_factory, max_idle_wait=5.0)
+    consumer, producer, waiting = await blocked_consumer(broker_factory)
     try:
-        waiting = asyncio.create_task(consumer.dequeue(timeout=10))
-        await until(lambda: consumer._priming)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting

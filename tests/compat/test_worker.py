@@ -18,6 +18,7 @@ from task_queue.compat import (
     task,
     tracking,
 )
+from task_queue.compat.tracking import TaskTracker
 from task_queue.models import TaskStatus as CoreStatus
 from tests.compat.conftest import (
     TIMEOUT,
@@ -715,16 +716,19 @@ async def test_stop_returns_even_when_a_cancel_is_lost() -> None:
     await broker.close()
 
 
-async def test_a_run_that_fails_before_add_task_returns_keeps_its_exception() -> None:
-    """A task added here can be leased, run and failed before `add_task` returns."""
-    from task_queue.compat.tracking import TaskTracker
-
+def tracker_on_memory() -> tuple[InMemoryBroker, TaskTracker]:
+    """A task tracker of its own on an InMemoryBroker, as a worker holds one."""
     broker = InMemoryBroker()
 
     async def on_final(task: Task) -> None:
         return None
 
-    tracker = TaskTracker(broker, on_final, retention=60)
+    return broker, TaskTracker(broker, on_final, retention=60)
+
+
+async def test_a_run_that_fails_before_add_task_returns_keeps_its_exception() -> None:
+    """A task added here can be leased, run and failed before `add_task` returns."""
+    broker, tracker = tracker_on_memory()
     stored = await broker.enqueue(Task("t"))
     leased = await broker.dequeue()
     assert leased is not None
@@ -741,14 +745,7 @@ async def test_a_run_that_fails_before_add_task_returns_keeps_its_exception() ->
 
 
 async def test_a_run_of_an_earlier_task_with_the_same_id_is_not_adopted() -> None:
-    from task_queue.compat.tracking import TaskTracker
-
-    broker = InMemoryBroker()
-
-    async def on_final(task: Task) -> None:
-        return None
-
-    tracker = TaskTracker(broker, on_final, retention=60)
+    broker, tracker = tracker_on_memory()
     await broker.enqueue(Task("t", id="report-1"))
     old = await broker.dequeue()
     assert old is not None
