@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import gc
 import inspect
 import logging
 import math
@@ -31,6 +30,7 @@ from .errors import (
     TaskFailedError,
     UnknownTaskError,
 )
+from .gcpause import collector_paused
 from .handle import TaskHandle
 from .hooks import Hooks, Middleware, PostRunHook, TaskHook
 from .models import Task, TaskError, TaskStatus, new_id, utcnow
@@ -535,14 +535,7 @@ class TaskQueueService:
         # The random ids of the call drawn at once: one read of the OS's random source
         # instead of one per task.
         fresh_ids = os.urandom(16 * len(specs)).hex()
-        # The build makes several containers per task and keeps them all, none in a
-        # cycle: the cycle collector would walk them again and again as they age (a
-        # quarter of a large call's time). It is paused for this loop, which does not
-        # yield to the event loop, unless someone else paused it.
-        paused = len(specs) >= _GC_PAUSE_FROM and gc.isenabled()
-        if paused:
-            gc.disable()
-        try:
+        with collector_paused(len(specs)):
             for index, spec in enumerate(specs):
                 if type(spec) is not dict and not isinstance(spec, Mapping):
                     raise TypeError(f"tasks[{index}] must be a mapping, got {type(spec).__name__}")
@@ -567,9 +560,6 @@ class TaskQueueService:
                         now,
                     )
                 )
-        finally:
-            if paused:
-                gc.enable()
         if self.hooks.pre_create:
             for task in built:
                 await self.hooks.run_pre_create(task)
@@ -1299,7 +1289,6 @@ class TaskQueueService:
 
 
 _FETCH_WAIT = 5.0
-_GC_PAUSE_FROM = 256  # add_tasks calls this large build with the cycle collector paused
 
 _SPEC_KEYS = frozenset(
     {

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..codec import normalize
 from ..errors import TaskNotFoundError, TaskQueueError, TaskStateError
+from ..gcpause import collector_paused
 from ..models import FINAL_STATES, Task, TaskError, TaskStatus
 from ..monitoring import (
     STATS_RETENTION_MINUTES,
@@ -222,12 +223,13 @@ class InMemoryBroker(AbstractBroker):
 
     async def enqueue_many(self, tasks: Sequence[Task]) -> list[Task]:
         """See `AbstractBroker.enqueue_many`."""
-        prepared = [self._prepare(task) for task in tasks]
-        now = time.time()
-        if any(task.depends_on for task in prepared):
-            self._maintain(now)
-            self._check_parents(prepared)
-        return [self._enqueue(task, now) for task in prepared]
+        with collector_paused(len(tasks)):
+            prepared = [self._prepare(task) for task in tasks]
+            now = time.time()
+            if any(task.depends_on for task in prepared):
+                self._maintain(now)
+                self._check_parents(prepared)
+            return [self._enqueue(task, now) for task in prepared]
 
     def _check_parents(self, tasks: Sequence[Task]) -> None:
         """Refuse the call when a new task depends on a task that does not exist."""
