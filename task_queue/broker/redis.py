@@ -1174,9 +1174,16 @@ class RedisBroker(AbstractBroker):
                 if not leasing.done():
                     await self._end_block(woken, leasing)
             except asyncio.CancelledError:
-                await self._end_block(woken, leasing)
-                reply = await self._settle(leasing, max_tasks, lease_ms, worker, request)
-                await self._hand_back(reply[1])
+                try:
+                    await self._end_block(woken, leasing)
+                    reply = await self._settle(leasing, max_tasks, lease_ms, worker, request)
+                    await self._hand_back(reply[1])
+                except Exception as exc:  # the caller is gone either way
+                    logger.warning(
+                        "could not hand back what a cancelled dequeue leased (%r); its "
+                        "leases expire and the tasks run again",
+                        exc,
+                    )
                 raise
             return await self._settle(leasing, max_tasks, lease_ms, worker, request)
         finally:
