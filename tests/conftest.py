@@ -62,6 +62,20 @@ def unique_prefix() -> str:
     return f"tqtest-{uuid.uuid4().hex[:12]}"
 
 
+async def forget(broker: Any) -> None:
+    """Delete every key of a real-Redis test broker's prefix.
+
+    `delete_all` walks the queue's sets; what it cannot find without a scan (the
+    dequeue calls' request lists, which expire only with their leases) is found by one
+    here: the test's prefix is its own, so the scan touches nothing else.
+    """
+    await broker.delete_all()
+    client = broker.client
+    leftover = [key async for key in client.scan_iter(match=f"{{{broker.prefix}:*")]
+    if leftover:
+        await client.delete(*leftover)
+
+
 async def make_broker(kind: str, cleanups: list[Cleanup], **options: Any) -> AbstractBroker:
     """Build a broker of `kind`; what must be undone afterwards goes to `cleanups`."""
     if kind == "memory":
@@ -84,13 +98,7 @@ async def make_broker(kind: str, cleanups: list[Cleanup], **options: Any) -> Abs
         real = RedisBroker.from_url(REDIS_URL, **options)
 
         async def tear_down() -> None:
-            await real.delete_all()
-            # What delete_all cannot find without a scan (the dequeue calls' request
-            # lists, which would only expire with their leases): this test's prefix is
-            # its own, so a scan for it is safe here.
-            leftover = [key async for key in real.client.scan_iter(match=f"{{{real.prefix}:*")]
-            if leftover:
-                await real.client.delete(*leftover)
+            await forget(real)
             await real.close()
 
         cleanups.append(tear_down)

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from task_queue import TaskQueueService, TaskStatus
 from task_queue.broker.redis import RedisBroker
 from tests.chaos.harness import RedisServer
-from tests.conftest import REDIS_URL, require_real_redis, unique_prefix
+from tests.conftest import REDIS_URL, forget, require_real_redis, unique_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ async def real_redis() -> AsyncIterator[tuple[str, str]]:
     prefix = unique_prefix()
     yield REDIS_URL, prefix
     broker = RedisBroker.from_url(REDIS_URL, prefix=prefix)
-    await broker.delete_all()
+    await forget(broker)
     await broker.client.delete(f"{prefix}:runs", f"{prefix}:attempts", f"{prefix}:pids")
     await broker.close()
 

@@ -12,7 +12,7 @@ import pytest
 
 from task_queue import BrokerConnectionError, Task, TaskQueueService, TaskStatus
 from task_queue.broker.redis import RedisBroker, mask_url
-from tests.conftest import REDIS_URL, BrokerFactory, require_real_redis, unique_prefix
+from tests.conftest import REDIS_URL, BrokerFactory, forget, require_real_redis, unique_prefix
 
 REDIS_KINDS = pytest.mark.parametrize("broker_kind", ["redis-fake", "redis-real"])
 
@@ -587,7 +587,7 @@ async def test_unsafe_settings_are_warned_about(caplog: pytest.LogCaptureFixture
         assert ("appendonly" in caplog.text) == (aof not in ("yes", b"yes"))
         assert ("maxmemory-policy" in caplog.text) == (policy not in ("noeviction", b"noeviction"))
     finally:
-        await broker.delete_all()
+        await forget(broker)
         await broker.close()
 
 

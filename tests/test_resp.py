@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from task_queue import Task, TaskStatus
 from task_queue.broker.redis import RedisBroker
 from task_queue.broker.resp import FastConnection, pack
-from tests.conftest import REDIS_URL, require_real_redis, unique_prefix
+from tests.conftest import REDIS_URL, forget, require_real_redis, unique_prefix
 
 
 def test_pack_encodes_commands_in_resp() -> None:
@@ -120,7 +120,7 @@ def test_works_under_uvloop() -> None:
             final = await broker.wait_for(got.id, timeout=5)
             return final.status, final.result
         finally:
-            await broker.delete_all()
+            await forget(broker)
             await broker.close()
 
     assert uvloop.run(scenario()) == (TaskStatus.COMPLETED, "done")

@@ -23,7 +23,7 @@ from task_queue import (
     set_context,
 )
 from task_queue.broker.redis import RedisBroker
-from tests.conftest import REDIS_URL, require_real_redis, unique_prefix
+from tests.conftest import REDIS_URL, forget, require_real_redis, unique_prefix
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -393,7 +393,7 @@ async def test_context_written_on_redis_is_read_by_another_client() -> None:
         assert [r["message"] for r in done.logs] == ["visible elsewhere"]
     finally:
         await service.shutdown(grace=0)
-        await worker_side.delete_all()
+        await forget(worker_side)
         await worker_side.close()
         await reader.close()
 

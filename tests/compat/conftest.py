@@ -17,7 +17,7 @@ import pytest
 
 from task_queue import AbstractBroker, InMemoryBroker
 from task_queue.compat import AsyncTaskWorker, registry, set_default_broker
-from tests.conftest import REDIS_URL, BrokerFactory, require_real_redis, unique_prefix
+from tests.conftest import REDIS_URL, BrokerFactory, forget, require_real_redis, unique_prefix
 
 WorkerFactory = Callable[..., Awaitable[AsyncTaskWorker]]
 TIMEOUT = 10.0
@@ -112,7 +112,11 @@ class DefaultBrokers:
         for broker in self.made:
             with contextlib.suppress(Exception):
                 await broker.close()
-        if self.kind != "memory":
+        if self.kind == "redis-real":
+            fresh = self._new()
+            await forget(fresh)
+            await fresh.close()
+        elif self.kind != "memory":
             fresh = self._new()
             await fresh.delete_all()  # type: ignore[attr-defined]
             await fresh.close()

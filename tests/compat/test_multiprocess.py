@@ -22,7 +22,7 @@ from task_queue import TaskFailedError
 from task_queue.broker.redis import RedisBroker
 from task_queue.compat import AsyncTaskWorker
 from tests.compat.conftest import TIMEOUT, wait_until
-from tests.conftest import REDIS_URL, require_real_redis, unique_prefix
+from tests.conftest import REDIS_URL, forget, require_real_redis, unique_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ async def worker_process(tmp_path: Path) -> AsyncIterator[tuple[str, Redis]]:
         finally:
             code = stop_worker(proc)
             broker = RedisBroker.from_url(REDIS_URL, prefix=prefix)
-            await broker.delete_all()
+            await forget(broker)
             await broker.close()
             await client.delete(f"{prefix}:compat-runs", f"{prefix}:gate")
             await client.aclose()
