@@ -1763,7 +1763,7 @@ class RedisBroker(AbstractBroker):
             ids.update(_text(i) for i in await self.client.zrange(key, 0, -1))
         waiting = self._keys[8]
         keys = [self._task_key(i) for i in ids] + [f"{waiting}:{i}" for i in ids]
-        keys += self._keys + self._workers_keys + [self._self_wake]
+        keys += self._keys + self._workers_keys + [self._self_wake, f"{self.base_key}:releasing"]
         # Per-minute stats keys of the whole retention (by this host's clock, plus slack).
         current = int(time.time() // 60) + 2
         first = current - STATS_RETENTION_MINUTES - 4

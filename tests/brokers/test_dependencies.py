@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -255,7 +256,20 @@ async def test_administrative_failure_of_a_waiting_task(broker: AbstractBroker) 
     assert await status(broker, grandchild.id) is TaskStatus.CANCELLED
 
 
-async def test_a_deep_chain_cancels_in_one_step(broker: AbstractBroker, broker_kind: str) -> None:
+async def upkeep_until_settled(broker: AbstractBroker, expected: int) -> dict[TaskStatus, int]:
+    """Run dequeue calls (the upkeep every worker runs) until `expected` tasks are
+    cancelled: Redis cancels a large tree in bounded batches, one per script run."""
+    for _ in range(expected // 1_000 + 3):
+        counts = await broker.count_tasks()
+        if counts[TaskStatus.CANCELLED] >= expected:
+            break
+        await broker.dequeue_many(1)
+    return await broker.count_tasks()
+
+
+async def test_a_deep_chain_is_cancelled_to_its_end(
+    broker: AbstractBroker, broker_kind: str
+) -> None:
     # Deeper than a recursive walk fits on Redis's Lua stack; fakeredis's Lua is slow.
     depth = 2_000 if broker_kind == "redis-fake" else 12_000
     chain = [make()]
@@ -264,12 +278,50 @@ async def test_a_deep_chain_cancels_in_one_step(broker: AbstractBroker, broker_k
     await broker.enqueue_many(chain)
     assert (await broker.count_tasks())[TaskStatus.PENDING] == depth
     assert await broker.cancel(chain[0].id)
-    counts = await broker.count_tasks()
+    counts = await upkeep_until_settled(broker, depth)
     assert counts[TaskStatus.CANCELLED] == depth and counts[TaskStatus.PENDING] == 0
     last = await broker.get_task(chain[-1].id)
     assert last is not None and last.error is not None
     assert last.error.message == f"parent task {chain[-2].id} was cancelled"
     assert await broker.dequeue_many(10) == []
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+async def test_a_wide_fan_out_moves_on_every_child(broker: AbstractBroker, outcome: str) -> None:
+    parent = await broker.enqueue(make())
+    children = [make(depends_on=[parent.id]) for _ in range(2_500)]
+    await broker.enqueue_many(children)
+    leased = await broker.dequeue()
+    assert leased is not None and leased.id == parent.id
+    if outcome == "completed":
+        assert await broker.mark_complete(parent.id, None, token=leased.token)
+    else:
+        assert await broker.mark_failed(parent.id, "boom", token=leased.token)
+    if hasattr(broker, "base_key"):  # Redis: one script run moves on a bounded batch
+        client: Any = broker.client
+        base = broker.base_key
+        moved = await client.zcard(f"{base}:ready") + await client.zcard(f"{base}:cancelled")
+        assert moved <= 1_000
+    ran: set[str] = set()
+    for _ in range(10):  # workers' dequeue calls go on with the rest
+        batch = await broker.dequeue_many(1_000)
+        ran.update(task.id for task in batch)
+        counts = await broker.count_tasks()
+        if outcome == "completed" and len(ran) == len(children):
+            break
+        if outcome == "failed" and counts[TaskStatus.CANCELLED] == len(children):
+            break
+    if outcome == "completed":
+        assert ran == {child.id for child in children}
+    else:
+        assert ran == set()
+        counts = await broker.count_tasks()
+        assert counts[TaskStatus.CANCELLED] == len(children)
+        last = await broker.get_task(children[-1].id)
+        assert last is not None and last.error is not None
+        assert last.error.message == f"parent task {parent.id} failed"
+    if hasattr(broker, "base_key"):
+        assert not await client.exists(f"{base}:releasing")
 
 
 async def test_a_forward_reference_in_a_large_call_stores_nothing(

@@ -1,5 +1,6 @@
--- dequeue.lua: promote due delayed tasks, recover expired leases, then lease up to N
--- ready tasks, best first. With N = 0 it only does the upkeep (the heartbeat's call).
+-- dequeue.lua: promote due delayed tasks, recover expired leases, go on moving on the
+-- children of ended tasks (a batch), then lease up to N ready tasks, best first. With
+-- N = 0 it only does the upkeep (the heartbeat's call).
 -- KEYS and ARGV 1-4: see lib.lua.
 -- ARGV 5 max tasks to lease, 6 lease length (ms), 7 worker id, 8 upkeep batch size,
 --      9 request id ('' = none): a caller that lost the reply runs the script again with
@@ -90,6 +91,8 @@ for _, id in ipairs(expired) do
     recovered[#recovered + 1] = {id, outcome, holder}
   end
 end
+
+continue_releases(now)  -- children of ended tasks left by earlier runs, a batch
 
 local leased = {}
 if max_tasks > 0 then

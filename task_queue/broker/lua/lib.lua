@@ -24,6 +24,8 @@
 --   <tag>:stats:<minute>  hash completed/failed/cancelled -> how many tasks became final
 --                         in that minute (minutes since the epoch, Redis clock); expires
 --                         after STATS_TTL
+--   <tag>:releasing       list of "<status>:<id>": ended tasks whose waiting children
+--                         are not all moved on yet (see `drain`)
 -- Task hash fields: data (static JSON, which holds the id), status, attempts,
 -- max_attempts, token, score, due (absent: due when created), worker, started,
 -- finished, result, error, progress, cancel, reason, lost, deps
@@ -36,7 +38,12 @@
 -- outlive a call.
 local K_READY, K_DELAYED, K_INFLIGHT, K_FAILED, K_COMPLETED, K_CANCELLED
 local K_SEQ, K_WAKE, K_WAITING, PREFIX, CHANNEL, RESULT_TTL, DEAD_TTL, STATS_PREFIX
+local K_RELEASING  -- "<tag>:releasing", named next to seq like the stats keys
 local TRIM_BATCH = 500
+-- Children moved on (released or cancelled) per run, all parents together; the rest
+-- are left to the next runs (see `drain`).
+local RELEASE_BATCH = 1000
+local release_budget = RELEASE_BATCH
 local STATS_TTL = (24 * 60 + 1) * 60000  -- monitoring.STATS_RETENTION_MINUTES, plus one
 
 -- The fields a worker needs of a task it leases, in the order redis.py decodes them.
@@ -57,6 +64,8 @@ local function bind(keys, argv)
   PREFIX, CHANNEL = argv[1], argv[2]
   RESULT_TTL, DEAD_TTL = tonumber(argv[3]), tonumber(argv[4])
   STATS_PREFIX = string.sub(K_SEQ, 1, -4) .. 'stats:'  -- "<tag>:seq" -> "<tag>:stats:"
+  K_RELEASING = string.sub(K_SEQ, 1, -4) .. 'releasing'
+  release_budget = RELEASE_BATCH
   finished_ids, leaving, arriving, counted = {}, {}, {}, {}
 end
 
@@ -249,41 +258,68 @@ local function schedule(id, score, due, now)
   end
 end
 
--- The task `id` became final: the tasks waiting on it move on when it completed and
--- they wait on nothing else, or are cancelled (naming it) when it failed or was
--- cancelled, and so on down the tree: a loop, not recursion, so a chain of any depth
--- fits the Lua stack.
-release_children = function(id, status, now)
-  local ended_tasks = {{id, status}}
-  while #ended_tasks > 0 do
-    local top = table.remove(ended_tasks)
+-- Move on the tasks waiting on the ended tasks of `ended` (a stack of {id, status}):
+-- a child moves on when its parent completed and it waits on nothing else, or is
+-- cancelled (naming the parent) when the parent failed or was cancelled, and so on
+-- down the tree: a loop, not recursion, so a chain of any depth fits the Lua stack.
+-- At most `release_budget` children per run: what is left goes to the list
+-- K_RELEASING as "<status>:<id>" entries, which the next runs of the dequeue script
+-- (any worker's, and every heartbeat's) take up (see `continue_releases`), so no run
+-- blocks Redis for long, however large the tree.
+local function drain(ended, now)
+  while #ended > 0 and release_budget > 0 do
+    local top = ended[#ended]
     local parent, parent_status = top[1], top[2]
-    local set = K_WAITING .. ':' .. parent
-    local children = redis.call('SMEMBERS', set)
-    if #children > 0 then
-      redis.call('DEL', set)
-      local reason = 'parent task ' .. parent .. ' failed'
-      if parent_status == 'cancelled' then
-        reason = 'parent task ' .. parent .. ' was cancelled'
-      end
-      for _, child in ipairs(children) do
-        local key = PREFIX .. child
-        local h = read(key, 'status', 'deps', 'score', 'due')
-        if h and h[1] == 'pending' and (tonumber(h[2]) or 0) > 0 then
-          if parent_status == 'completed' then
-            if redis.call('HINCRBY', key, 'deps', -1) <= 0 then
-              redis.call('ZREM', K_WAITING, child)
-              schedule(child, h[3], tonumber(h[4]), now)
-            end
-          else
-            leave_waiting(child)
-            fence(key)
-            finish_one(child, 'cancelled', now, {'reason', reason}, K_WAITING)
-            ended_tasks[#ended_tasks + 1] = {child, 'cancelled'}
+    local asked = release_budget
+    local children = redis.call('SPOP', K_WAITING .. ':' .. parent, asked)
+    release_budget = release_budget - #children
+    if #children < asked then
+      table.remove(ended)  -- its set is empty now (SPOP gave less than asked)
+    end
+    local reason = 'parent task ' .. parent .. ' failed'
+    if parent_status == 'cancelled' then
+      reason = 'parent task ' .. parent .. ' was cancelled'
+    end
+    for _, child in ipairs(children) do
+      local key = PREFIX .. child
+      local h = read(key, 'status', 'deps', 'score', 'due')
+      if h and h[1] == 'pending' and (tonumber(h[2]) or 0) > 0 then
+        if parent_status == 'completed' then
+          if redis.call('HINCRBY', key, 'deps', -1) <= 0 then
+            redis.call('ZREM', K_WAITING, child)
+            schedule(child, h[3], tonumber(h[4]), now)
           end
+        else
+          leave_waiting(child)
+          fence(key)
+          finish_one(child, 'cancelled', now, {'reason', reason}, K_WAITING)
+          ended[#ended + 1] = {child, 'cancelled'}
         end
       end
     end
+  end
+  if #ended > 0 then
+    for _, left in ipairs(ended) do
+      redis.call('RPUSH', K_RELEASING, left[2] .. ':' .. left[1])
+    end
+    wake()  -- an idle worker's dequeue goes on with them
+  end
+end
+
+-- The task `id` became final with `status`: move on the tasks waiting on it.
+release_children = function(id, status, now)
+  drain({{id, status}}, now)
+end
+
+-- Go on with the ended tasks whose waiting children earlier runs left (see `drain`).
+local function continue_releases(now)
+  while release_budget > 0 do
+    local entry = redis.call('LPOP', K_RELEASING)
+    if not entry then
+      return
+    end
+    local colon = string.find(entry, ':', 1, true)
+    drain({{string.sub(entry, colon + 1), string.sub(entry, 1, colon - 1)}}, now)
   end
 end
 
