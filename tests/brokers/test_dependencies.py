@@ -324,6 +324,58 @@ async def test_a_wide_fan_out_moves_on_every_child(broker: AbstractBroker, outco
         assert not await client.exists(f"{base}:releasing")
 
 
+async def finish_parent_of(
+    broker: AbstractBroker, n: int, outcome: str
+) -> tuple[Task, list[Task]]:
+    """A parent with `n` waiting children, leased and then completed or failed."""
+    parent = await broker.enqueue(make())
+    children = [make(depends_on=[parent.id]) for _ in range(n)]
+    await broker.enqueue_many(children)
+    leased = await broker.dequeue()
+    assert leased is not None and leased.id == parent.id
+    if outcome == "completed":
+        assert await broker.mark_complete(parent.id, None, token=leased.token)
+    else:
+        assert await broker.mark_failed(parent.id, "boom", token=leased.token)
+    return parent, children
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+async def test_purging_a_parent_whose_children_are_still_moving_on_loses_none(
+    broker: AbstractBroker, outcome: str
+) -> None:
+    _parent, children = await finish_parent_of(broker, 1_500, outcome)
+    assert await broker.purge(TaskStatus(outcome)) == 1
+    counts = await broker.count_tasks()
+    if outcome == "completed":
+        ran: set[str] = set()
+        for _ in range(5):
+            ran.update(task.id for task in await broker.dequeue_many(1_000))
+        assert ran == {child.id for child in children}
+    else:
+        assert counts[TaskStatus.CANCELLED] == len(children) and counts[TaskStatus.PENDING] == 0
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+async def test_a_requeued_parent_holds_its_new_children_back(
+    broker: AbstractBroker, outcome: str
+) -> None:
+    parent, children = await finish_parent_of(broker, 1_500, outcome)
+    again = await broker.requeue(parent.id)
+    assert again.status is TaskStatus.PENDING
+    late = await broker.enqueue(make(depends_on=[parent.id]))  # waits for the new run
+    counts = await broker.count_tasks()
+    if outcome == "completed":  # the children of the first run all moved on
+        assert counts[TaskStatus.PENDING] == len(children) + 2
+    else:  # ... or were all cancelled
+        assert counts[TaskStatus.CANCELLED] == len(children)
+    seen: set[str] = set()
+    for _ in range(5):
+        seen.update(task.id for task in await broker.dequeue_many(1_000))
+    assert parent.id in seen and late.id not in seen
+    assert await status(broker, late.id) is TaskStatus.PENDING
+
+
 async def test_a_forward_reference_in_a_large_call_stores_nothing(
     broker: AbstractBroker,
 ) -> None:

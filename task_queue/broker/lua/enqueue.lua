@@ -79,6 +79,7 @@ local function store(i, id, data, priority, delay, max_attempts, parents_at, k)
   if any_exists and not exists then
     exists = redis.call('EXISTS', key) == 1
     if exists and expired(key, now) then
+      settle_release(id, read(key, 'status')[1], now)
       forget(id)  -- gone for every reader already: the id is free again
       exists = false
     end

@@ -110,6 +110,7 @@ local function later(list, set, value)
 end
 
 local release_children  -- defined below `schedule`, which it needs
+local releases_pending  -- defined with it
 
 -- The parent ids stored in a task hash's `parents` field.
 local function parent_ids(key)
@@ -181,6 +182,17 @@ local function trim(now)
   for set, ttl in pairs({[K_COMPLETED] = RESULT_TTL, [K_CANCELLED] = RESULT_TTL,
                          [K_FAILED] = DEAD_TTL}) do
     local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - ttl, 'LIMIT', 0, TRIM_BATCH)
+    if #old > 0 and releases_pending() then
+      -- A task whose children are still being moved on stays until they are: its id
+      -- must not be free for a new task meanwhile (see `drain`).
+      local kept = {}
+      for _, id in ipairs(old) do
+        if redis.call('EXISTS', K_WAITING .. ':' .. id) == 0 then
+          kept[#kept + 1] = id
+        end
+      end
+      old = kept
+    end
     if #old > 0 then
       local keys = {}
       for i, id in ipairs(old) do
@@ -298,10 +310,14 @@ local function drain(ended, now)
       end
     end
   end
-  if #ended > 0 then
-    for _, left in ipairs(ended) do
+  local queued = false
+  for _, left in ipairs(ended) do
+    if redis.call('EXISTS', K_WAITING .. ':' .. left[1]) == 1 then  -- children left
       redis.call('RPUSH', K_RELEASING, left[2] .. ':' .. left[1])
+      queued = true
     end
+  end
+  if queued then
     wake()  -- an idle worker's dequeue goes on with them
   end
 end
@@ -318,9 +334,30 @@ local function continue_releases(now)
     if not entry then
       return
     end
+    release_budget = release_budget - 1  -- an entry counts too: a run takes a bounded few
     local colon = string.find(entry, ':', 1, true)
     drain({{string.sub(entry, colon + 1), string.sub(entry, 1, colon - 1)}}, now)
   end
+end
+
+-- True when some ended task still has children to move on (see `drain`): only then can
+-- `settle_release` have anything to do.
+releases_pending = function()
+  return redis.call('LLEN', K_RELEASING) > 0
+end
+
+-- Before the id of a final task is used again or deleted (requeue, purge, trim, an
+-- enqueue after its retention): move on, at once, the children that its end left for
+-- later runs, so that no later run acts on the children of the id's next life. Unbounded
+-- for that one tree, but only in this corner: its release is still under way.
+local function settle_release(id, status, now)
+  if redis.call('EXISTS', K_WAITING .. ':' .. id) == 1 then
+    local saved = release_budget
+    release_budget = 2147483647
+    drain({{id, status}}, now)
+    release_budget = saved
+  end
+  redis.call('LREM', K_RELEASING, 0, status .. ':' .. id)
 end
 
 -- Hold a pending task back until its parents complete: it joins the waiting set and

@@ -13,11 +13,14 @@ elseif state == 'cancelled' then
   sets = {K_CANCELLED}
 end
 local deleted = 0
+local settling = state ~= 'pending' and releases_pending()
 for _, set in ipairs(sets) do
   local ids = redis.call('ZRANGE', set, 0, batch - deleted - 1)
   for _, id in ipairs(ids) do
     if set == K_WAITING then
       leave_waiting(id)
+    elseif settling then
+      settle_release(id, state, now_ms())  -- its children move on before it goes
     end
     redis.call('ZREM', set, id)
     redis.call('DEL', PREFIX .. id, K_WAITING .. ':' .. id)

@@ -28,6 +28,7 @@ for _, parent in ipairs(parent_ids(key)) do
     end
   end
 end
+settle_release(id, h[1], now)  -- children of its last run move on first
 redis.call('ZREM', K_COMPLETED, id)
 redis.call('ZREM', K_FAILED, id)
 redis.call('ZREM', K_CANCELLED, id)
@@ -41,4 +42,5 @@ if #open > 0 then
 else
   schedule(id, h[2], due, now)
 end
+flush(now)  -- what settle_release changed
 return redis.call('HGETALL', key)
