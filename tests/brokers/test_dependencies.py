@@ -286,10 +286,12 @@ async def test_a_deep_chain_is_cancelled_to_its_end(
     assert await broker.dequeue_many(10) == []
 
 
-@pytest.mark.parametrize("outcome", ["completed", "failed"])
-async def test_a_wide_fan_out_moves_on_every_child(broker: AbstractBroker, outcome: str) -> None:
+async def finish_parent_of(
+    broker: AbstractBroker, n: int, outcome: str
+) -> tuple[Task, list[Task]]:
+    """A parent with `n` waiting children, leased and then completed or failed."""
     parent = await broker.enqueue(make())
-    children = [make(depends_on=[parent.id]) for _ in range(2_500)]
+    children = [make(depends_on=[parent.id]) for _ in range(n)]
     await broker.enqueue_many(children)
     leased = await broker.dequeue()
     assert leased is not None and leased.id == parent.id
@@ -297,6 +299,12 @@ async def test_a_wide_fan_out_moves_on_every_child(broker: AbstractBroker, outco
         assert await broker.mark_complete(parent.id, None, token=leased.token)
     else:
         assert await broker.mark_failed(parent.id, "boom", token=leased.token)
+    return parent, children
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+async def test_a_wide_fan_out_moves_on_every_child(broker: AbstractBroker, outcome: str) -> None:
+    parent, children = await finish_parent_of(broker, 2_500, outcome)
     if hasattr(broker, "base_key"):  # Redis: one script run moves on a bounded batch
         client: Any = broker.client
         base = broker.base_key
@@ -322,22 +330,6 @@ async def test_a_wide_fan_out_moves_on_every_child(broker: AbstractBroker, outco
         assert last.error.message == f"parent task {parent.id} failed"
     if hasattr(broker, "base_key"):
         assert not await client.exists(f"{base}:releasing")
-
-
-async def finish_parent_of(
-    broker: AbstractBroker, n: int, outcome: str
-) -> tuple[Task, list[Task]]:
-    """A parent with `n` waiting children, leased and then completed or failed."""
-    parent = await broker.enqueue(make())
-    children = [make(depends_on=[parent.id]) for _ in range(n)]
-    await broker.enqueue_many(children)
-    leased = await broker.dequeue()
-    assert leased is not None and leased.id == parent.id
-    if outcome == "completed":
-        assert await broker.mark_complete(parent.id, None, token=leased.token)
-    else:
-        assert await broker.mark_failed(parent.id, "boom", token=leased.token)
-    return parent, children
 
 
 @pytest.mark.parametrize("outcome", ["completed", "failed"])
