@@ -1452,7 +1452,9 @@ class RedisBroker(AbstractBroker):
         while True:
             deleted = int(await self._script("purge", status.value, batch))
             total += deleted
-            if deleted < batch:
+            # Until a run finds nothing: a run can make more tasks final (children whose
+            # parents it purged, see purge.lua), so a short batch is not the end.
+            if deleted == 0:
                 return total
 
     # ----------------------------------------------------------------- reading

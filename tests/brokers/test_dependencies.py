@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -366,6 +368,42 @@ async def test_a_requeued_parent_holds_its_new_children_back(
         seen.update(task.id for task in await broker.dequeue_many(1_000))
     assert parent.id in seen and late.id not in seen
     assert await status(broker, late.id) is TaskStatus.PENDING
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+async def test_an_id_used_again_after_its_retention_starts_a_clean_tree(
+    broker_factory: Any, outcome: str
+) -> None:
+    broker = await broker_factory(result_ttl=0.2, dead_letter_ttl=0.2)
+    parent = await broker.enqueue(make(id="report"))
+    children = await broker.enqueue_many([make(depends_on=[parent.id]) for _ in range(1_500)])
+    leased = await broker.dequeue()
+    assert leased is not None and leased.id == "report"
+    if outcome == "completed":
+        assert await broker.mark_complete("report", None, token=leased.token)
+    else:
+        assert await broker.mark_failed("report", "boom", token=leased.token)
+    await asyncio.sleep(0.4)  # the retention is what is under test: let it pass
+    for child in children:  # no dequeue call in between: on Redis some still wait
+        with contextlib.suppress(TaskNotFoundError):  # cancelled with the parent, expired
+            await broker.cancel(child.id)
+    assert await broker.get_task("report") is None
+    again = await broker.enqueue(make(id="report"))
+    late = await broker.enqueue(make(depends_on=["report"]))
+    leased_now = await broker.dequeue_many(10)
+    assert [task.id for task in leased_now] == [again.id]  # the new child waits for it
+    assert await status(broker, late.id) is TaskStatus.PENDING
+
+
+async def test_purge_takes_the_children_a_cancel_left_still_moving_on(
+    broker: AbstractBroker,
+) -> None:
+    parent = await broker.enqueue(make(delay=60))
+    await broker.enqueue_many([make(depends_on=[parent.id]) for _ in range(1_500)])
+    assert await broker.cancel(parent.id)
+    assert await broker.purge(TaskStatus.CANCELLED) == 1_501
+    counts = await broker.count_tasks()
+    assert counts[TaskStatus.CANCELLED] == 0 and counts[TaskStatus.PENDING] == 0
 
 
 async def test_a_forward_reference_in_a_large_call_stores_nothing(

@@ -336,7 +336,11 @@ local function continue_releases(now)
     end
     release_budget = release_budget - 1  -- an entry counts too: a run takes a bounded few
     local colon = string.find(entry, ':', 1, true)
-    drain({{string.sub(entry, colon + 1), string.sub(entry, 1, colon - 1)}}, now)
+    local id, status = string.sub(entry, colon + 1), string.sub(entry, 1, colon - 1)
+    local h = read(PREFIX .. id, 'status')
+    if h and h[1] == status then
+      drain({{id, status}}, now)
+    end  -- else stale: the task is gone, or lives again; its children were dealt with
   end
 end
 
@@ -356,8 +360,10 @@ local function settle_release(id, status, now)
     release_budget = 2147483647
     drain({{id, status}}, now)
     release_budget = saved
+    -- (An entry left without its set is harmless: continue_releases drops what no
+    -- longer matches its task.)
+    redis.call('LREM', K_RELEASING, 0, status .. ':' .. id)
   end
-  redis.call('LREM', K_RELEASING, 0, status .. ':' .. id)
 end
 
 -- Hold a pending task back until its parents complete: it joins the waiting set and

@@ -1,7 +1,8 @@
 -- purge.lua: delete up to a batch of tasks in one state (never processing ones).
 -- KEYS and ARGV 1-4: see lib.lua.
 -- ARGV 5 state: pending, completed, failed or cancelled; 6 batch size.
--- Returns: how many were deleted; fewer than the batch size means none are left.
+-- Returns: how many were deleted; 0 means none are left (a run can make more tasks final:
+-- the children of a purged task whose release was still under way, see lib.lua).
 
 local state, batch = ARGV[5], tonumber(ARGV[6])
 local sets = {K_READY, K_DELAYED, K_WAITING}
