@@ -188,10 +188,6 @@ def _load_library(names: Sequence[str]) -> tuple[str, dict[str, str]]:
     return "\n".join(parts), functions
 
 
-def _load_standalone(name: str) -> str:
-    return _lua(name)
-
-
 def _decode_leased(values: Sequence[Any], worker: str | None) -> Task:
     """Build a Task from the LEASE_FIELDS values the dequeue script returns.
 
@@ -415,7 +411,7 @@ class RedisBroker(AbstractBroker):
         }
         self._workers_keys = [f"{tag}:workers", f"{tag}:workers:info"]
         self._stats_prefix = f"{tag}:stats:"  # lib.lua derives the same from the seq key
-        self._sources.update({name: _load_standalone(name) for name in _OPS_SCRIPTS})
+        self._sources.update({name: _lua(name) for name in _OPS_SCRIPTS})
         self._shas.update(
             {
                 name: hashlib.sha1(self._sources[name].encode(), usedforsecurity=False).hexdigest()
@@ -434,8 +430,9 @@ class RedisBroker(AbstractBroker):
         # Our own wake key, next to the shared one: a ZADD to it ends this process's
         # BZPOPMIN early (a due time came, or the caller gave up).
         self._self_wake = f"{tag}:wake:{uuid.uuid4().hex}"
-        self._priming = False
-        self._primed_lease: asyncio.Future[Any] | None = None
+        # While a dequeue waits with its lease queued behind BZPOPMIN: (BZPOPMIN's
+        # future, the lease's future).
+        self._primed: tuple[asyncio.Future[Any], asyncio.Future[Any]] | None = None
         self._waiting = 0
         self._background: set[asyncio.Future[Any]] = set()
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
@@ -586,9 +583,17 @@ class RedisBroker(AbstractBroker):
             cached = self._prefixes[key] = (script, packed)
         return cached[1]
 
-    async def _reload(self, name: str) -> None:
-        """After NOSCRIPT or a missing function (a restarted server): load it again."""
-        if self._use_functions and name in self._functions:
+    @property
+    def _priming(self) -> bool:
+        """True while a dequeue waits with its lease queued behind BZPOPMIN."""
+        return self._primed is not None
+
+    async def _reload(self, name: str, legacy: bool = False) -> None:
+        """After NOSCRIPT or a missing function (a restarted server): load it again.
+
+        `legacy`: as a script for EVALSHA even when the library is in use.
+        """
+        if self._use_functions and name in self._functions and not legacy:
             await self._load_functions()
         else:
             self._shas[name] = _text(await self.client.script_load(self._sources[name]))
@@ -613,8 +618,7 @@ class RedisBroker(AbstractBroker):
                 try:
                     return await fast.execute_prefixed(self._prefix(name, legacy=True), args)
                 except redis_errors.NoScriptError:
-                    sha = await fast.execute("SCRIPT", "LOAD", self._sources[name])
-                    self._shas[name] = _text(sha)
+                    await self._reload(name, legacy=True)
                     return await fast.execute_prefixed(self._prefix(name, legacy=True), args)
 
             return await self._retrying(run_fast, name)
@@ -644,7 +648,7 @@ class RedisBroker(AbstractBroker):
             try:
                 return await call(legacy)
             except redis_errors.NoScriptError:
-                self._shas[name] = _text(await self.client.script_load(self._sources[name]))
+                await self._reload(name, legacy=True)
                 return await call(legacy)
 
         return await self._retrying(run, name)
@@ -1161,8 +1165,7 @@ class RedisBroker(AbstractBroker):
         assert leasing is not None
         woken.add_done_callback(_retrieve)
         self._wake_task = woken  # other waiters in this process wake with it
-        self._priming = True
-        self._primed_lease = leasing
+        self._primed = (woken, leasing)
         try:
             try:
                 # Redis times blocking calls out in steps of 1/hz seconds (100 ms by
@@ -1187,8 +1190,7 @@ class RedisBroker(AbstractBroker):
                 raise
             return await self._settle(leasing, max_tasks, lease_ms, worker, request)
         finally:
-            self._priming = False
-            self._primed_lease = None
+            self._primed = None
             if self._wake_task is woken:
                 self._wake_task = None
 
@@ -1678,7 +1680,7 @@ class RedisBroker(AbstractBroker):
             try:
                 return await self.client.evalsha(self._shas[name], len(keys), *keys, *args)
             except redis_errors.NoScriptError:
-                self._shas[name] = _text(await self.client.script_load(self._sources[name]))
+                await self._reload(name)  # a standalone script: never in the library
                 return await self.client.evalsha(self._shas[name], len(keys), *keys, *args)
 
         return await self._retrying(run, name)
@@ -1734,14 +1736,11 @@ class RedisBroker(AbstractBroker):
     async def close(self) -> None:
         """Stop waiting calls and close the connection pool when this broker made it."""
         self._closed = True
-        leasing = self._primed_lease
-        if leasing is not None and not leasing.done() and self._fast is not None:
+        primed = self._primed
+        if primed is not None and not primed[1].done():
             # A waiting dequeue's lease is queued behind BZPOPMIN: let it run now, so its
             # caller gets what it leases instead of the tasks staying leased to nobody.
-            with contextlib.suppress(redis_errors.RedisError, OSError):
-                await self._fast.execute("ZADD", self._self_wake, 0, "w")
-                await asyncio.wait({leasing}, timeout=1.0)
-                await self._fast.execute("DEL", self._self_wake)
+            await self._end_block(*primed)
         for task in (self._wake_task, self._listener):
             if task is not None and not task.done():
                 task.cancel()
